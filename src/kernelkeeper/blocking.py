@@ -1,0 +1,603 @@
+"""The blocking facade: the async core run on an event-loop thread the library owns.
+
+Every blocking call submits a coroutine to that loop and waits for its
+result, so the same code serves scripts, threads and callers already inside
+an asyncio loop (a notebook, say): the caller's own loop is never touched.
+No logic lives here beyond the hand-over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from typing import Any, TypeVar
+
+from .client import AsyncKernelClient, CellResult, Channel, HBChannel
+from .connection import ConnectionInfo
+from .manager import _LAUNCH_KEYS, AsyncKernelManager, KernelEvent
+from .session import Message, Session
+
+__all__ = [
+    "BlockingKernelClient",
+    "KernelManager",
+    "LoopThread",
+    "run_kernel",
+    "start_new_kernel",
+]
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio event loop running forever on a daemon thread."""
+
+    def __init__(self, name: str = "kernelkeeper-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, args=(ready,), name=name, daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    def _main(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and block until it finishes."""
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError(
+                "A blocking kernelkeeper call was made from the library's own event-loop "
+                "thread (e.g. inside a callback); use the async API there"
+            )
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise TimeoutError(f"Operation did not finish within {timeout} s") from None
+        except BaseException:
+            # e.g. KeyboardInterrupt in the caller: do not leave the work running.
+            fut.cancel()
+            raise
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a plain function on the loop thread (for loop-bound objects)."""
+
+        async def wrapper() -> T:
+            return fn(*args, **kwargs)
+
+        return self.run(wrapper())
+
+
+_portal: LoopThread | None = None
+_portal_lock = threading.Lock()
+
+
+def portal() -> LoopThread:
+    """The library's loop thread, started on first use (and again after a fork)."""
+    global _portal
+    with _portal_lock:
+        if _portal is None or not _portal.thread.is_alive():
+            _portal = LoopThread()
+        return _portal
+
+
+def _forget_portal() -> None:
+    global _portal
+    _portal = None  # threads do not survive fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_portal)
+
+
+class BlockingChannel:
+    """A channel whose ``get_msg`` blocks (jupyter_client's blocking channel API)."""
+
+    def __init__(self, channel: Channel, portal: LoopThread) -> None:
+        self._channel = channel
+        self._portal = portal
+
+    def __repr__(self) -> str:
+        return repr(self._channel).replace("<Channel", "<BlockingChannel")
+
+    @property
+    def session(self) -> Session:
+        return self._channel.session
+
+    def get_msg(self, block: bool = True, timeout: float | None = None) -> Message:
+        """The next message; :class:`queue.Empty` if none arrives within ``timeout``."""
+        if not block:
+            timeout = 0
+        return self._portal.run(self._channel.get_msg(timeout))
+
+    def get_msgs(self) -> list[Message]:
+        return self._portal.run(self._channel.get_msgs())
+
+    def msg_ready(self) -> bool:
+        return not self._channel.queue.empty()
+
+    def send(self, msg: Mapping[str, Any]) -> None:
+        self._portal.call(self._channel.send, msg)
+
+    def is_alive(self) -> bool:
+        return self._channel.is_alive()
+
+    def start(self) -> None:
+        self._portal.call(self._channel.start)
+
+    def stop(self) -> None:
+        self._portal.run(self._channel.aclose())
+
+
+class BlockingHBChannel:
+    def __init__(self, hb: HBChannel, portal: LoopThread) -> None:
+        self._hb = hb
+        self._portal = portal
+
+    @property
+    def time_to_dead(self) -> float:
+        return self._hb.time_to_dead
+
+    def is_beating(self) -> bool:
+        return self._hb.is_beating()
+
+    def is_alive(self) -> bool:
+        return self._hb.is_alive()
+
+    def pause(self) -> None:
+        self._portal.call(self._hb.pause)
+
+    def unpause(self) -> None:
+        self._portal.call(self._hb.unpause)
+
+    def start(self) -> None:
+        self._portal.call(self._hb.start)
+
+    def stop(self) -> None:
+        self._portal.run(self._hb.aclose())
+
+
+class BlockingKernelClient:
+    """A kernel client with blocking methods (jupyter_client's BlockingKernelClient API).
+
+    Build it from connection info (a :class:`ConnectionInfo`, a dict or a
+    connection file path), or get one from ``KernelManager.client()``.
+    """
+
+    def __init__(
+        self,
+        connection_info: ConnectionInfo | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        *,
+        async_client: AsyncKernelClient | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self._portal = portal()
+        if async_client is None:
+            if connection_info is None:
+                raise TypeError("BlockingKernelClient needs connection_info")
+            async_client = self._portal.call(AsyncKernelClient, connection_info, **kwargs)
+        self._ac = async_client
+        self.shell_channel = BlockingChannel(async_client.shell_channel, self._portal)
+        self.iopub_channel = BlockingChannel(async_client.iopub_channel, self._portal)
+        self.stdin_channel = BlockingChannel(async_client.stdin_channel, self._portal)
+        self.control_channel = BlockingChannel(async_client.control_channel, self._portal)
+        self.hb_channel = BlockingHBChannel(async_client.hb_channel, self._portal)
+
+    def __repr__(self) -> str:
+        return repr(self._ac).replace("AsyncKernelClient", "BlockingKernelClient")
+
+    @property
+    def async_client(self) -> AsyncKernelClient:
+        """The async client this one drives (lives on the library's loop)."""
+        return self._ac
+
+    @property
+    def session(self) -> Session:
+        return self._ac.session
+
+    @property
+    def connection_info(self) -> ConnectionInfo:
+        return self._ac.connection_info
+
+    @property
+    def allow_stdin(self) -> bool:
+        return self._ac.allow_stdin
+
+    @allow_stdin.setter
+    def allow_stdin(self, value: bool) -> None:
+        self._ac.allow_stdin = value
+
+    @property
+    def kernel_info_reply(self) -> Message | None:
+        return self._ac.kernel_info_reply
+
+    @property
+    def dropped(self) -> int:
+        return self._ac.dropped
+
+    @property
+    def channels_running(self) -> bool:
+        return self._ac.channels_running
+
+    def start_channels(
+        self,
+        shell: bool = True,
+        iopub: bool = True,
+        stdin: bool = True,
+        hb: bool = True,
+        control: bool = True,
+    ) -> None:
+        self._portal.call(self._ac.start_channels, shell, iopub, stdin, hb, control)
+
+    def stop_channels(self) -> None:
+        self._portal.run(self._ac.aclose())
+
+    def __enter__(self) -> BlockingKernelClient:
+        self.start_channels()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_channels()
+
+    def wait_for_ready(self, timeout: float | None = None) -> Message:
+        """Block until the kernel is ready; see :meth:`AsyncKernelClient.wait_for_ready`."""
+        return self._portal.run(self._ac.wait_for_ready(timeout))
+
+    def execute(
+        self,
+        code: str,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: Mapping[str, str] | None = None,
+        allow_stdin: bool | None = None,
+        stop_on_error: bool = True,
+        *,
+        reply: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        return self._portal.run(
+            self._ac.execute(
+                code,
+                silent,
+                store_history,
+                user_expressions,
+                allow_stdin,
+                stop_on_error,
+                reply=reply,
+                timeout=timeout,
+            )
+        )
+
+    def kernel_info(self, *, reply: bool = False, timeout: float | None = None) -> Any:
+        return self._portal.run(self._ac.kernel_info(reply=reply, timeout=timeout))
+
+    def complete(
+        self,
+        code: str,
+        cursor_pos: int | None = None,
+        *,
+        reply: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        return self._portal.run(self._ac.complete(code, cursor_pos, reply=reply, timeout=timeout))
+
+    def inspect(
+        self,
+        code: str,
+        cursor_pos: int | None = None,
+        detail_level: int = 0,
+        *,
+        reply: bool = False,
+        timeout: float | None = None,
+    ) -> Any:
+        return self._portal.run(
+            self._ac.inspect(code, cursor_pos, detail_level, reply=reply, timeout=timeout)
+        )
+
+    def history(
+        self,
+        raw: bool = True,
+        output: bool = False,
+        hist_access_type: str = "range",
+        *,
+        reply: bool = False,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return self._portal.run(
+            self._ac.history(raw, output, hist_access_type, reply=reply, timeout=timeout, **kwargs)
+        )
+
+    def is_complete(self, code: str, *, reply: bool = False, timeout: float | None = None) -> Any:
+        return self._portal.run(self._ac.is_complete(code, reply=reply, timeout=timeout))
+
+    def comm_info(
+        self, target_name: str | None = None, *, reply: bool = False, timeout: float | None = None
+    ) -> Any:
+        return self._portal.run(self._ac.comm_info(target_name, reply=reply, timeout=timeout))
+
+    def shutdown(
+        self, restart: bool = False, *, reply: bool = False, timeout: float | None = None
+    ) -> Any:
+        return self._portal.run(self._ac.shutdown(restart, reply=reply, timeout=timeout))
+
+    def interrupt(self, *, reply: bool = False, timeout: float | None = None) -> Any:
+        return self._portal.run(self._ac.interrupt(reply=reply, timeout=timeout))
+
+    def input(self, string: str) -> None:
+        self._portal.call(self._ac.input, string)
+
+    def get_shell_msg(self, block: bool = True, timeout: float | None = None) -> Message:
+        return self.shell_channel.get_msg(block, timeout)
+
+    def get_iopub_msg(self, block: bool = True, timeout: float | None = None) -> Message:
+        return self.iopub_channel.get_msg(block, timeout)
+
+    def get_stdin_msg(self, block: bool = True, timeout: float | None = None) -> Message:
+        return self.stdin_channel.get_msg(block, timeout)
+
+    def get_control_msg(self, block: bool = True, timeout: float | None = None) -> Message:
+        return self.control_channel.get_msg(block, timeout)
+
+    def is_alive(self) -> bool:
+        return self._portal.run(self._ac.is_alive())
+
+    def execute_interactive(
+        self,
+        code: str,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: Mapping[str, str] | None = None,
+        allow_stdin: bool | None = None,
+        stop_on_error: bool = True,
+        timeout: float | None = None,
+        output_hook: Callable[[Message], Any] | None = None,
+        stdin_hook: Callable[[Message], Any] | None = None,
+    ) -> Message:
+        """Execute and wait for the reply; hooks run on the library's loop thread."""
+        return self._portal.run(
+            self._ac.execute_interactive(
+                code,
+                silent,
+                store_history,
+                user_expressions,
+                allow_stdin,
+                stop_on_error,
+                timeout,
+                output_hook,
+                stdin_hook,
+            )
+        )
+
+    def run_cell(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        on_output: Callable[[Message], Any] | None = None,
+        stdin_hook: Callable[[Message], Any] | None = None,
+        silent: bool = False,
+        store_history: bool = True,
+        stop_on_error: bool = True,
+    ) -> CellResult:
+        """Execute ``code`` and collect its outputs; see :meth:`AsyncKernelClient.run_cell`."""
+        return self._portal.run(
+            self._ac.run_cell(
+                code,
+                timeout=timeout,
+                on_output=on_output,
+                stdin_hook=stdin_hook,
+                silent=silent,
+                store_history=store_history,
+                stop_on_error=stop_on_error,
+            )
+        )
+
+
+_live_managers: weakref.WeakSet[KernelManager] = weakref.WeakSet()
+
+
+class KernelManager:
+    """Manages a single kernel in a subprocess on this host (blocking API).
+
+    The same arguments and methods as :class:`AsyncKernelManager`, as plain
+    calls. Kernels still running when the interpreter exits are killed and
+    their files removed.
+    """
+
+    def __init__(self, kernel_name: str = "", **kwargs: Any) -> None:
+        self._portal = portal()
+        self._akm: AsyncKernelManager = self._portal.call(AsyncKernelManager, kernel_name, **kwargs)
+        _live_managers.add(self)
+
+    def __repr__(self) -> str:
+        return repr(self._akm).replace("AsyncKernelManager", "KernelManager")
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._portal.run(coro)
+
+    @property
+    def async_manager(self) -> AsyncKernelManager:
+        """The async manager this one drives (lives on the library's loop)."""
+        return self._akm
+
+    # Descriptive attributes read straight through.
+    kernel_name = property(lambda self: self._akm.kernel_name)
+    kernel_id = property(lambda self: self._akm.kernel_id)
+    kernel_spec = property(lambda self: self._akm.kernel_spec)
+    ipykernel = property(lambda self: self._akm.ipykernel)
+    has_kernel = property(lambda self: self._akm.has_kernel)
+    state: property = property(lambda self: self._akm.state)
+    connection_info = property(lambda self: self._akm.connection_info)
+    process = property(lambda self: self._akm.process)
+    transport = property(lambda self: self._akm.transport)
+    ip = property(lambda self: self._akm.ip)
+
+    @property
+    def connection_file(self) -> str:
+        return self._akm.connection_file
+
+    @connection_file.setter
+    def connection_file(self, value: str) -> None:
+        self._akm.connection_file = value
+
+    @property
+    def shutdown_wait_time(self) -> float:
+        return self._akm.shutdown_wait_time
+
+    @shutdown_wait_time.setter
+    def shutdown_wait_time(self, value: float) -> None:
+        self._akm.shutdown_wait_time = value
+
+    @property
+    def autorestart(self) -> bool:
+        return self._akm.autorestart
+
+    @autorestart.setter
+    def autorestart(self, value: bool) -> None:
+        self._akm.autorestart = value
+
+    def get_connection_info(self, session: bool = False) -> dict[str, Any]:
+        return self._akm.get_connection_info(session)
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        """The kernel's argv with ``{connection_file}`` and the like filled in."""
+        return self._akm.format_kernel_cmd(extra_arguments)
+
+    def start_kernel(self, **kw: Any) -> None:
+        """Start a kernel on this host in a separate process (see the async twin)."""
+        self._run(self._akm.start_kernel(**kw))
+
+    def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        """Stop the kernel: shutdown_request, then SIGTERM, then SIGKILL as needed."""
+        self._run(self._akm.shutdown_kernel(now, restart))
+
+    def restart_kernel(self, now: bool = False, newports: bool = False, **kw: Any) -> None:
+        """Restart the kernel on the same ports, key and connection file."""
+        self._run(self._akm.restart_kernel(now, newports, **kw))
+
+    def interrupt_kernel(self) -> None:
+        """Interrupt the kernel (SIGINT or interrupt_request, as its spec asks)."""
+        self._run(self._akm.interrupt_kernel())
+
+    def signal_kernel(self, signum: int) -> None:
+        """Send a signal to the kernel's process group."""
+        self._run(self._akm.signal_kernel(signum))
+
+    def is_alive(self) -> bool:
+        """Is the kernel process still running?"""
+        return self._run(self._akm.is_alive())
+
+    def request_shutdown(self, restart: bool = False) -> None:
+        """Send a shutdown_request on the control channel."""
+        self._run(self._akm.request_shutdown(restart))
+
+    def finish_shutdown(
+        self, waittime: float | None = None, pollinterval: float = 0.1, restart: bool = False
+    ) -> None:
+        """Wait for the kernel to exit, escalating to SIGTERM and SIGKILL."""
+        self._run(self._akm.finish_shutdown(waittime, pollinterval, restart))
+
+    def cleanup_resources(self, restart: bool = False) -> None:
+        """Remove the connection file and ipc sockets of a stopped kernel."""
+        self._run(self._akm.cleanup_resources(restart))
+
+    def cleanup(self, connection_file: bool = True) -> None:
+        """Clean up resources when the kernel is shut down."""
+        self._run(self._akm.cleanup(connection_file))
+
+    def kill_kernel(self) -> None:
+        """Kill the kernel and its process group at once."""
+        self._run(self._akm.kill_kernel())
+
+    def wait_ready(self, timeout: float | None = 60.0) -> Message:
+        """Block until the kernel answers kernel_info."""
+        return self._run(self._akm.wait_ready(timeout))
+
+    def client(self, **kwargs: Any) -> BlockingKernelClient:
+        """A new blocking client for this kernel (channels not started)."""
+        ac = self._portal.call(self._akm.client, **kwargs)
+        return BlockingKernelClient(async_client=ac)
+
+    def add_restart_callback(self, callback: Callable[[], Any], event: str = "restart") -> None:
+        """Register a callback for automatic restarts (``restart``) or final death (``dead``).
+
+        Callbacks run on the library's loop thread.
+        """
+        self._akm.add_restart_callback(callback, event)
+
+    def remove_restart_callback(self, callback: Callable[[], Any], event: str = "restart") -> None:
+        """Unregister a restart callback."""
+        self._akm.remove_restart_callback(callback, event)
+
+    def add_event_listener(self, callback: Callable[[KernelEvent], Any]) -> None:
+        """Call ``callback(event)`` (on the loop thread) on every lifecycle event."""
+        self._akm.add_event_listener(callback)
+
+    def remove_event_listener(self, callback: Callable[[KernelEvent], Any]) -> None:
+        self._akm.remove_event_listener(callback)
+
+    def __enter__(self) -> KernelManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown_kernel(now=True)
+
+
+@atexit.register
+def _shutdown_leftovers() -> None:
+    # Kernels die with this process anyway (their watchdog sees the pipe
+    # close); here we also reap them and remove their connection files.
+    managers = [m for m in list(_live_managers) if m.has_kernel]
+    if not managers or _portal is None or not _portal.thread.is_alive():
+        return
+
+    async def stop_all() -> None:
+        await asyncio.gather(
+            *(m._akm.shutdown_kernel(now=True) for m in managers), return_exceptions=True
+        )
+
+    with contextlib.suppress(Exception):
+        _portal.run(stop_all(), timeout=10)
+
+
+def start_new_kernel(
+    startup_timeout: float = 60, kernel_name: str = "python", **kwargs: Any
+) -> tuple[KernelManager, BlockingKernelClient]:
+    """Start a new kernel, and return its manager and a ready client."""
+    ctor = {k: kwargs.pop(k) for k in list(kwargs) if k not in _LAUNCH_KEYS}
+    km = KernelManager(kernel_name, **ctor)
+    km.start_kernel(startup_timeout=startup_timeout, **kwargs)
+    kc = km.client()
+    try:
+        kc.start_channels()
+        kc.wait_for_ready(timeout=startup_timeout)
+    except BaseException:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        raise
+    return km, kc
+
+
+@contextlib.contextmanager
+def run_kernel(**kwargs: Any) -> Iterator[BlockingKernelClient]:
+    """Context manager to create a kernel in a subprocess.
+
+    The kernel is shut down when the context exits. Returns a connected,
+    ready client.
+    """
+    km, kc = start_new_kernel(**kwargs)
+    try:
+        yield kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -1,0 +1,80 @@
+"""The one exception tree of kernelkeeper.
+
+Every error the library raises on purpose derives from :class:`KernelError`.
+Where a caller would naturally catch a builtin (``LookupError`` for an unknown
+name, ``TimeoutError`` for a deadline, ``ValueError`` for bad input), the
+subclass derives from that builtin too, so ``except TimeoutError`` keeps
+working for code that knows nothing of kernelkeeper.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KernelDiedError",
+    "KernelError",
+    "KernelSpecError",
+    "KernelStartError",
+    "KernelTimeoutError",
+    "MessageError",
+    "NoSuchKernel",
+    "NotRunningError",
+]
+
+
+class KernelError(Exception):
+    """Root of every error kernelkeeper raises."""
+
+
+class KernelSpecError(KernelError, ValueError):
+    """A kernel.json that cannot be used: unreadable, malformed, missing argv."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(f"{message} ({path})" if path else message)
+        self.path = path
+
+
+class NoSuchKernel(KernelError, LookupError):
+    """No kernel type of that name is known; ``available`` lists the ones that are."""
+
+    def __init__(self, name: str, available: list[str] | None = None) -> None:
+        self.name = name
+        self.available = sorted(available or [])
+        listing = ", ".join(self.available) or "none"
+        super().__init__(f"No such kernel: {name!r}. Available: {listing}")
+
+    def __str__(self) -> str:  # LookupError would repr() the args otherwise
+        return str(self.args[0])
+
+
+class KernelStartError(KernelError, RuntimeError):
+    """The kernel could not be started: missing executable, bad arguments, ..."""
+
+
+class KernelDiedError(KernelStartError):
+    """The kernel process exited while we were waiting on it.
+
+    ``exit_code`` is the process's return code (negative for a signal) and
+    ``stderr_tail`` the last lines it wrote to stderr, when we captured them.
+    """
+
+    def __init__(self, message: str, exit_code: int | None = None, stderr_tail: str = "") -> None:
+        self.exit_code = exit_code
+        self.stderr_tail = stderr_tail
+        full = message
+        if exit_code is not None:
+            full += f" (exit code {exit_code})"
+        if stderr_tail.strip():
+            full += "\n--- kernel stderr (tail) ---\n" + stderr_tail.rstrip()
+        super().__init__(full)
+
+
+class KernelTimeoutError(KernelError, TimeoutError):
+    """A deadline passed: no reply, not ready, did not exit."""
+
+
+class NotRunningError(KernelError, RuntimeError):
+    """The operation needs a running kernel (or open channels) and there is none."""
+
+
+class MessageError(KernelError, ValueError):
+    """A wire message that cannot be parsed or whose signature does not verify."""
