@@ -1,4 +1,88 @@
+"""Shared fixtures: an isolated Jupyter runtime dir, and a leak check after every test.
+
+Every test runs with its own JUPYTER_RUNTIME_DIR; afterwards no connection
+file or ipc socket may be left in it, and no process started during the
+test may still be alive. A test that leaks fails.
+"""
+
+from __future__ import annotations
+
+import json
 import os
 import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+from helpers import kernel_script
+
+if sys.platform.startswith("linux"):
+    # Become a subreaper: a kernel's children orphaned by its death are
+    # re-parented to this process, so the leak check below sees them too.
+    import ctypes
+
+    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+LEAK_GRACE = 10.0  # seconds a process that is already exiting may take to go
+
+
+@pytest.fixture(autouse=True)
+def isolated_runtime(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+                     request: pytest.FixtureRequest) -> Iterator[Path]:
+    # Short path: ipc socket paths must stay under the 107-byte limit.
+    runtime = Path(tmp_path_factory.mktemp("rt"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    me = psutil.Process()
+    before = {p.pid for p in me.children(recursive=True)}
+    yield runtime
+    if request.node.get_closest_marker("allow_leaks"):
+        return
+    leaked = [p for p in me.children(recursive=True) if p.pid not in before]
+    _, alive = psutil.wait_procs(leaked, timeout=LEAK_GRACE)
+    alive = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    left = sorted(str(p.relative_to(runtime)) for p in runtime.rglob("*")
+                  if p.name.startswith("kernel-"))
+    assert not alive, f"processes leaked by the test: {[p.pid for p in alive]}"
+    assert not left, f"files left in the runtime dir: {left}"
+
+
+@pytest.fixture
+def kernel_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """Install a kernelspec for a test kernel script; returns the kernel name.
+
+    ``make("no_shutdown_reply", env={...}, interrupt_mode="message")``
+    """
+    root = tmp_path / "jupyter"
+    (root / "kernels").mkdir(parents=True)
+    monkeypatch.setenv("JUPYTER_PATH", str(root))
+
+    def make(script: str, name: str | None = None, env: dict[str, str] | None = None,
+             interrupt_mode: str = "signal", argv: list[str] | None = None) -> str:
+        name = name or script.replace("_", "-")
+        d = root / "kernels" / name
+        d.mkdir()
+        spec: dict[str, Any] = {
+            "argv": argv or [sys.executable, kernel_script(script), "-f", "{connection_file}"],
+            "display_name": f"test {script}",
+            "language": "python",
+            "interrupt_mode": interrupt_mode,
+            "env": env or {},
+        }
+        (d / "kernel.json").write_text(json.dumps(spec))
+        return name
+
+    return make
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "allow_leaks: skip the per-test leak check")

@@ -715,7 +715,7 @@ class AsyncKernelClient:
         messages (default: ask on this terminal).
         """
         allow = self.allow_stdin if allow_stdin is None else allow_stdin
-        hook = output_hook or _print_output
+        hook = output_hook or print_output
         reply = await self._run(
             code,
             silent,
@@ -851,7 +851,8 @@ async def _maybe_await(value: Any) -> Any:
     return value
 
 
-def _print_output(msg: Message) -> None:
+def print_output(msg: Message) -> None:
+    """Write an iopub message's output to this process's stdout/stderr."""
     import sys
 
     t, c = msg["msg_type"], msg["content"]
@@ -862,6 +863,6 @@ def _print_output(msg: Message) -> None:
     elif t in ("display_data", "execute_result"):
         text = c.get("data", {}).get("text/plain")
         if text is not None:
-            print(text)
+            print(text, flush=True)
     elif t == "error":
-        print("\n".join(c.get("traceback", [])), file=sys.stderr)
+        print("\n".join(c.get("traceback", [])), file=sys.stderr, flush=True)
