@@ -110,6 +110,24 @@ class Launcher:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        for pid in self.extra_pids:
+            reap_if_adopted(pid, timeout=10)
+
+
+def reap_if_adopted(pid: int, timeout: float) -> None:
+    """Reap ``pid`` if it became our child (conftest makes pytest a subreaper)."""
+
+    def reaped() -> bool:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return True  # not (or no longer) our child
+        return done != 0
+
+    try:
+        wait_for(reaped, timeout)
+    except TimeoutError:
+        pass
 
 
 @pytest.fixture
@@ -159,9 +177,30 @@ def wait_iopub(
 
 
 def wait_ready(kc: BlockingKernelClient, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-    reply = shell_reply(kc, kc.kernel_info(), timeout)
-    assert reply["msg_type"] == "kernel_info_reply"
-    return reply
+    """Wait for a kernel_info_reply *and* for IOPub to be connected.
+
+    A reply on shell says nothing about the IOPub subscription (zmq slow
+    joiner): a status message published before it is in place is lost. So
+    repeat kernel_info until the busy/idle status it causes arrives on IOPub.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        msg_id = kc.kernel_info()
+        reply = shell_reply(kc, msg_id, max(0.0, deadline - time.monotonic()))
+        assert reply["msg_type"] == "kernel_info_reply"
+        try:
+            wait_iopub(
+                kc,
+                lambda m, msg_id=msg_id: (
+                    m["msg_type"] == "status" and m["parent_header"].get("msg_id") == msg_id
+                ),
+                timeout=min(1.0, max(0.0, deadline - time.monotonic())),
+            )
+        except queue.Empty:
+            if time.monotonic() >= deadline:
+                raise
+            continue
+        return reply
 
 
 def assert_no_reply(get_reply: Callable[[], dict[str, Any]]) -> None:

@@ -61,6 +61,10 @@ class LoopThread:
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
+            if fut.done():
+                # The coroutine itself raised a TimeoutError (e.g. KernelTimeoutError;
+                # concurrent.futures.TimeoutError is TimeoutError since 3.11).
+                return fut.result()
             fut.cancel()
             raise TimeoutError(f"Operation did not finish within {timeout} s") from None
         except BaseException:
@@ -70,6 +74,9 @@ class LoopThread:
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a plain function on the loop thread (for loop-bound objects)."""
+        if threading.current_thread() is self.thread:
+            # Already on the loop (e.g. a stdin hook calling kc.input()): call it directly.
+            return fn(*args, **kwargs)
 
         async def wrapper() -> T:
             return fn(*args, **kwargs)

@@ -120,7 +120,10 @@ class Channel:
                 continue
             msg = session.feed(frames)
             if msg is not None:
-                dispatch(self, msg)
+                try:
+                    dispatch(self, msg)
+                except Exception:  # a failing user hook must not kill the channel
+                    log.exception("Error handling a %s message", self.name)
 
     def send(self, msg: Mapping[str, Any]) -> None:
         """Sign and send a message dict on this channel."""
@@ -642,12 +645,14 @@ class AsyncKernelClient:
             waiting = {fut} if died is None else {fut, died}
             try:
                 await asyncio.wait(waiting, timeout=limit, return_when="FIRST_COMPLETED")
+                # Decide before the finally cancels fut: cancelling a plain future
+                # (the kernel_info reply) makes it done at once.
+                if died is not None and died.done() and not fut.done():
+                    raise self._died_error("before it was ready")
+                return fut.done() and not fut.cancelled()
             finally:
                 if not fut.done():
                     fut.cancel()
-            if died is not None and died.done() and not fut.done():
-                raise self._died_error("before it was ready")
-            return fut.done() and not fut.cancelled()
 
         def ask() -> asyncio.Future[Message]:
             msg_id, fut = self._send(

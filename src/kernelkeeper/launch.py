@@ -26,6 +26,7 @@ import hmac
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -109,6 +110,65 @@ def _pdeathsig_preexec() -> Any:
             return None
         _libc = ctypes.CDLL(name, use_errno=True)
     return _set_pdeathsig
+
+
+# Kernels that do not go through our launcher are started as
+# ``python -I -S -c _GUARD <kernel argv>``: this forks a guard into the kernel's
+# process group (double fork, so it is not the kernel's child: ipykernel-based
+# kernels would wait on it at shutdown), then execs the kernel in place, same pid.
+# The guard ignores the signals a manager sends a group and blocks on the watch
+# pipe; when the manager dies the pipe reaches EOF and the guard removes the
+# kernel's files and SIGKILLs the group: the kernel and everything it spawned.
+# While the kernel lives, the manager kills the group (guard included) when it exits.
+_GUARD = r"""
+import os, signal, sys
+fd = int(os.environ.pop("KERNELKEEPER_WATCH_FD"))
+files = [f for f in os.environ.pop("KERNELKEEPER_WATCH_FILES", "").split("\n") if f]
+pid = os.fork()
+if pid == 0:
+    if os.fork() == 0:
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, signal.SIG_IGN)
+        null = os.open(os.devnull, os.O_RDWR)
+        for i in (0, 1, 2):
+            os.dup2(null, i)
+        try:
+            while os.read(fd, 4096):
+                pass
+        except OSError:
+            os._exit(0)
+        for f in files:
+            try:
+                os.unlink(f)
+            except OSError:
+                pass
+        os.killpg(0, signal.SIGKILL)
+    os._exit(0)
+os.waitpid(pid, 0)
+os.close(fd)
+try:
+    os.execvp(sys.argv[1], sys.argv[1:])
+except OSError as e:
+    sys.stderr.write("kernelkeeper: cannot execute %r: %s\n" % (sys.argv[1], e))
+    os._exit(127)
+"""
+
+
+def _guard_argv(
+    argv: Sequence[str], env: Mapping[str, str], cwd: str | os.PathLike[str] | None
+) -> list[str] | None:
+    """``argv`` run under the group guard, or None where it cannot be (Windows, or an
+    executable that does not exist: Popen then reports that as it always did)."""
+    if sys.platform == "win32" or not argv:
+        return None
+    exe = argv[0]
+    if os.sep in exe:
+        path = os.path.join(os.fspath(cwd), exe) if cwd is not None else exe
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            return None
+    elif shutil.which(exe, path=env.get("PATH", os.defpath)) is None:
+        return None
+    return [sys.executable, "-I", "-S", "-c", _GUARD, *argv]
 
 
 # -- registration --------------------------------------------------------------
@@ -253,7 +313,18 @@ async def launch_kernel(
             pass_fds = (fd,)
             kenv["KERNELKEEPER_WATCH_FD"] = str(fd)
     elif not independent:
-        preexec = _pdeathsig_preexec()
+        guarded = _guard_argv(argv, kenv, cwd)
+        if guarded is not None:
+            # The guard takes the kernel's whole group when this process dies.
+            fd = _watch_fd()
+            pass_fds = (fd,)
+            kenv["KERNELKEEPER_WATCH_FD"] = str(fd)
+            kenv["KERNELKEEPER_WATCH_FILES"] = "\n".join([cf, *info.ipc_paths()])
+            argv = guarded
+        else:
+            # Fallback: PDEATHSIG takes the kernel process only, and fires when the
+            # *thread* that started it ends, so it is not the first choice.
+            preexec = _pdeathsig_preexec()
 
     capture = stderr is None
     err_r = err_w = -1

@@ -364,7 +364,11 @@ class AsyncKernelManager:
     def _control_client(self) -> AsyncKernelClient:
         if self._control is None:
             assert self.connection_info is not None
-            self._control = AsyncKernelClient(self.connection_info, manager=self._current)
+            # interrupt_mode="message": this client only ever sends messages. With the
+            # default ("signal") its interrupt() would call back into interrupt_kernel().
+            self._control = AsyncKernelClient(
+                self.connection_info, manager=self._current, interrupt_mode="message"
+            )
             self._control.start_channels(shell=False, iopub=False, stdin=False, hb=False)
         return self._control
 

@@ -1,0 +1,1184 @@
+#!/usr/bin/env python
+"""kernelkeeper vs jupyter_client: the same workloads, in the same run.
+
+Run from the repository root with the project's virtualenv::
+
+    .venv/bin/python benchmarks/bench.py            # full run (< 10 min)
+    .venv/bin/python benchmarks/bench.py --quick    # smoke-sized run (< 1 min)
+    .venv/bin/python benchmarks/bench.py --only start,roundtrip --repeat 20 --json out.json
+
+Both libraries run the same workload alternately (kk, jc, then jc, kk, ...)
+after a warm-up, and the script prints one markdown table with min / median /
+max for each library, the ratio of the medians (kernelkeeper / jupyter_client),
+the target and whether it is met. The resource and start/stop-cycle workloads
+run each library in a fresh child process (``--child``) so that their threads,
+file descriptors and RSS are not mixed.
+
+Every kernel started here is shut down in a ``finally`` (and child processes
+are killed on timeout), so a run leaves no kernel processes or connection
+files; the last lines of the output say so. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+
+KERNEL = "python3"  # the same installed kernelspec for both libraries
+STARTUP_TIMEOUT = 30.0  # a hung start counts as a failure after this
+REPLY_TIMEOUT = 30.0
+LIBS = ("kk", "jc")
+LIB_NAMES = {"kk": "kernelkeeper", "jc": "jupyter_client"}
+WORKLOADS = (
+    "start",
+    "restart",
+    "shutdown",
+    "concurrent",
+    "roundtrip",
+    "interrupt",
+    "resources",
+    "pool",
+    "cycles",
+)
+RESULT_TAG = "KKBENCH-RESULT "
+
+
+# -----------------------------------------------------------------------------
+# Parameters
+# -----------------------------------------------------------------------------
+
+
+@dataclass
+class Params:
+    quick: bool
+    repeat: int  # timed repetitions per lifecycle figure and library
+    calls: int  # round trips per message type and library
+    concurrent_sizes: tuple[int, ...]
+    concurrent_rounds: int
+    resource_kernels: int
+    cycles: int
+    cycle_warmup: int
+
+    @classmethod
+    def make(cls, quick: bool, repeat: int | None, calls: int | None) -> Params:
+        if quick:
+            return cls(
+                quick=True,
+                repeat=repeat or 2,
+                calls=calls or 50,
+                concurrent_sizes=(8,),
+                concurrent_rounds=1,
+                resource_kernels=4,
+                cycles=8,
+                cycle_warmup=2,
+            )
+        return cls(
+            quick=False,
+            repeat=repeat or 8,
+            calls=calls or 200,
+            concurrent_sizes=(8, 16, 32),
+            concurrent_rounds=2,
+            resource_kernels=16,
+            cycles=200,
+            cycle_warmup=3,
+        )
+
+
+# -----------------------------------------------------------------------------
+# Results
+# -----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the table. ``kk``/``jc`` hold the raw samples."""
+
+    workload: str
+    label: str
+    unit: str  # "ms", "s", "count", "MiB", ""
+    kk: list[float] | None = None
+    jc: list[float] | None = None
+    target: str = "—"
+    # "ratio<=X" (kk median / jc median), "kk<=X" (absolute kk median), or ""
+    rule: str = ""
+    kk_text: str | None = None  # overrides the formatted kk cell
+    jc_text: str | None = None
+    met_override: bool | None = None
+    show_ratio: bool = True  # False where a ratio means nothing (growth figures)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def median(self, lib: str) -> float | None:
+        xs = getattr(self, lib)
+        return statistics.median(xs) if xs else None
+
+    def ratio(self) -> float | None:
+        if not self.show_ratio:
+            return None
+        a, b = self.median("kk"), self.median("jc")
+        if a is None or b is None or b == 0:
+            return None
+        return a / b
+
+    def met(self) -> bool | None:
+        if self.met_override is not None:
+            return self.met_override
+        if not self.rule:
+            return None
+        m = re.fullmatch(r"(ratio|kk)(<=|<)(-?[0-9.]+)", self.rule)
+        if m is None:
+            raise ValueError(f"bad rule {self.rule!r}")
+        kind, op, bound = m.group(1), m.group(2), float(m.group(3))
+        value = self.ratio() if kind == "ratio" else self.median("kk")
+        if value is None:
+            return None
+        return value <= bound if op == "<=" else value < bound
+
+
+def fmt_num(x: float, unit: str) -> str:
+    if unit == "count":
+        return f"{x:.0f}"
+    if unit == "MiB":
+        return f"{x:.1f}"
+    ax = abs(x)
+    if ax >= 100:
+        return f"{x:.0f}"
+    if ax >= 10:
+        return f"{x:.1f}"
+    if ax >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def fmt_cell(xs: list[float] | None, unit: str) -> str:
+    if not xs:
+        return "—"
+    u = f" {unit}" if unit and unit != "count" else ""
+    if len(xs) == 1:
+        return fmt_num(xs[0], unit) + u
+    lo, med, hi = min(xs), statistics.median(xs), max(xs)
+    return f"{fmt_num(lo, unit)} / {fmt_num(med, unit)} / {fmt_num(hi, unit)}{u}"
+
+
+def p99(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    return s[max(0, math.ceil(0.99 * len(s)) - 1)]
+
+
+def render_table(rows: list[Row]) -> str:
+    head = (
+        "| workload | kk min / median / max | jc min / median / max "
+        "| ratio (kk/jc median) | target | met? |"
+    )
+    lines = [head, "|---|---|---|---|---|---|"]
+    for r in rows:
+        kk = r.kk_text if r.kk_text is not None else fmt_cell(r.kk, r.unit)
+        jc = r.jc_text if r.jc_text is not None else fmt_cell(r.jc, r.unit)
+        ratio = r.ratio()
+        rs = "—" if ratio is None else f"{ratio:.2f}"
+        m = re.fullmatch(r"ratio<=?([0-9.]+)", r.rule)
+        if ratio is not None and m and rs == f"{float(m.group(1)):.2f}":
+            rs = f"{ratio:.3f}"  # two decimals would hide which side of the target it is
+        met = r.met()
+        ms = "—" if met is None else ("yes" if met else "**NO**")
+        lines.append(f"| {r.label} | {kk} | {jc} | {rs} | {r.target} | {ms} |")
+    return "\n".join(lines)
+
+
+def machine_info() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    import zmq
+
+    vm = psutil.virtual_memory()
+    info = {
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores_logical": psutil.cpu_count(logical=True),
+        "cores_physical": psutil.cpu_count(logical=False),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "ram_gib": round(vm.total / 2**30, 1),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "kernelkeeper": v("kernelkeeper"),
+        "jupyter_client": v("jupyter_client"),
+        "ipykernel": v("ipykernel"),
+        "pyzmq": v("pyzmq"),
+        "libzmq": zmq.zmq_version(),
+    }
+    try:
+        info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    return info
+
+
+# -----------------------------------------------------------------------------
+# Library adapters (blocking API) and a registry of everything still running
+# -----------------------------------------------------------------------------
+
+
+class Live:
+    """Every (manager, client) started by this process, so a finally can stop them."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[str, Any, Any]] = []
+
+    def add(self, lib: str, km: Any, kc: Any) -> None:
+        self.pairs.append((lib, km, kc))
+
+    def discard(self, km: Any) -> None:
+        self.pairs = [p for p in self.pairs if p[1] is not km]
+
+    def close_all(self) -> None:
+        pairs, self.pairs = self.pairs, []
+        for lib, km, kc in pairs:
+            stop_kernel(lib, km, kc, now=True)
+
+
+LIVE = Live()
+
+
+def start_kernel(lib: str) -> tuple[Any, Any]:
+    """Start a kernel with the library's blocking start_new_kernel; returns (km, kc)."""
+    if lib == "kk":
+        import kernelkeeper
+
+        km, kc = kernelkeeper.start_new_kernel(
+            startup_timeout=STARTUP_TIMEOUT, kernel_name=KERNEL, stderr=subprocess.DEVNULL
+        )
+    else:
+        from jupyter_client.manager import start_new_kernel
+
+        km, kc = start_new_kernel(
+            startup_timeout=STARTUP_TIMEOUT, kernel_name=KERNEL, stderr=subprocess.DEVNULL
+        )
+    LIVE.add(lib, km, kc)
+    return km, kc
+
+
+def stop_kernel(lib: str, km: Any, kc: Any, now: bool = True) -> None:
+    """Stop the client's channels and shut the kernel down (never raises)."""
+    LIVE.discard(km)
+    try:
+        if kc is not None:
+            kc.stop_channels()
+    except Exception as e:
+        warn(f"{lib}: stop_channels failed: {e!r}")
+    finally:
+        try:
+            km.shutdown_kernel(now=now)
+        except Exception as e:
+            warn(f"{lib}: shutdown_kernel failed: {e!r}")
+            with contextlib.suppress(Exception):
+                km.shutdown_kernel(now=True)
+
+
+@contextlib.contextmanager
+def one_kernel_each() -> Iterator[dict[str, tuple[Any, Any]]]:
+    kernels: dict[str, tuple[Any, Any]] = {}
+    try:
+        for lib in LIBS:
+            kernels[lib] = start_kernel(lib)
+        yield kernels
+    finally:
+        for lib, (km, kc) in kernels.items():
+            stop_kernel(lib, km, kc, now=True)
+
+
+def orders(n: int) -> Iterator[tuple[int, tuple[str, str]]]:
+    """Repetition index and library order, alternating kk-first and jc-first."""
+    for i in range(n):
+        yield i, (LIBS if i % 2 == 0 else LIBS[::-1])
+
+
+def warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr, flush=True)
+
+
+def progress(msg: str) -> None:
+    print(f"# {msg}", file=sys.stderr, flush=True)
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+# -----------------------------------------------------------------------------
+# Workloads
+# -----------------------------------------------------------------------------
+
+
+def warm_up() -> None:
+    """Import both libraries and run one full start/stop each (untimed)."""
+    progress("warm-up: one start/stop per library")
+    for lib in LIBS:
+        km, kc = start_kernel(lib)
+        stop_kernel(lib, km, kc, now=False)
+    subprocess.run([sys.executable, "-c", "import ipykernel.kernelapp"], check=True)
+
+
+def bench_lifecycle(p: Params, want_start: bool, want_shutdown: bool) -> list[Row]:
+    """(1) start to ready and (3) shutdown, measured on the same kernels.
+
+    Each repetition, for now=False then now=True and for each library in
+    alternating order: start (timed), stop the client's channels (untimed),
+    shutdown_kernel(now=...) (timed). The import floor is timed alongside.
+    """
+    progress(f"start/shutdown: {p.repeat} repetitions x 2 modes x 2 libraries")
+    start: dict[str, list[float]] = {lib: [] for lib in LIBS}
+    down: dict[tuple[str, bool], list[float]] = {
+        (lib, now): [] for lib in LIBS for now in (False, True)
+    }
+    floor: list[float] = []
+    for _i, order in orders(p.repeat):
+        for now in (False, True):
+            for lib in order:
+                t0 = time.perf_counter()
+                km, kc = start_kernel(lib)
+                t1 = time.perf_counter()
+                start[lib].append(ms(t1 - t0))
+                LIVE.discard(km)
+                try:
+                    kc.stop_channels()
+                finally:
+                    t2 = time.perf_counter()
+                    try:
+                        km.shutdown_kernel(now=now)
+                    except BaseException:
+                        with contextlib.suppress(Exception):
+                            km.shutdown_kernel(now=True)
+                        raise
+                    down[(lib, now)].append(ms(time.perf_counter() - t2))
+        if want_start:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import ipykernel.kernelapp"], check=True)
+            floor.append(ms(time.perf_counter() - t0))
+    rows: list[Row] = []
+    if want_start:
+        rows.append(
+            Row(
+                "start",
+                "start → ready (blocking start_new_kernel)",
+                "ms",
+                start["kk"],
+                start["jc"],
+                "≤ 0.65",
+                "ratio<=0.65",
+            )
+        )
+        fm = statistics.median(floor)
+        rows.append(
+            Row(
+                "start",
+                'floor: `python -c "import ipykernel.kernelapp"`',
+                "ms",
+                floor,
+                None,
+                jc_text="(same floor)",
+                extra={"floor": floor},
+            )
+        )
+        over = {lib: [x - fm for x in start[lib]] for lib in LIBS}
+        rows.append(Row("start", "start → ready minus floor median", "ms", over["kk"], over["jc"]))
+    if want_shutdown:
+        rows.append(
+            Row(
+                "shutdown",
+                "graceful shutdown (shutdown_kernel(now=False))",
+                "ms",
+                down[("kk", False)],
+                down[("jc", False)],
+                "≤ 0.6",
+                "ratio<=0.6",
+            )
+        )
+        rows.append(
+            Row(
+                "shutdown",
+                "immediate shutdown (shutdown_kernel(now=True))",
+                "ms",
+                down[("kk", True)],
+                down[("jc", True)],
+            )
+        )
+    return rows
+
+
+def bench_restart(p: Params) -> list[Row]:
+    """(2) restart_kernel(now=...) then client.wait_for_ready, on one kernel per library."""
+    progress(f"restart: {p.repeat} repetitions x 2 modes x 2 libraries")
+    res: dict[tuple[str, bool], list[float]] = {
+        (lib, now): [] for lib in LIBS for now in (False, True)
+    }
+    with one_kernel_each() as kernels:
+        for lib in LIBS:  # warm-up: one untimed restart each
+            km, kc = kernels[lib]
+            km.restart_kernel(now=True)
+            kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+        for _i, order in orders(p.repeat):
+            for now in (False, True):
+                for lib in order:
+                    km, kc = kernels[lib]
+                    # Untimed: drop replies queued from earlier waits. jupyter_client's
+                    # wait_for_ready takes any kernel_info_reply, so a leftover one
+                    # would make it return before the new kernel is up.
+                    _drain(kc)
+                    t0 = time.perf_counter()
+                    km.restart_kernel(now=now)
+                    kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+                    res[(lib, now)].append(ms(time.perf_counter() - t0))
+    return [
+        Row(
+            "restart",
+            "restart now=False → ready",
+            "ms",
+            res[("kk", False)],
+            res[("jc", False)],
+            "≤ 0.8",
+            "ratio<=0.8",
+        ),
+        Row("restart", "restart now=True → ready", "ms", res[("kk", True)], res[("jc", True)]),
+    ]
+
+
+async def _kk_many(n: int) -> tuple[float, list[BaseException]]:
+    import kernelkeeper
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(
+        *(
+            kernelkeeper.async_start_new_kernel(
+                startup_timeout=STARTUP_TIMEOUT, kernel_name=KERNEL, stderr=subprocess.DEVNULL
+            )
+            for _ in range(n)
+        ),
+        return_exceptions=True,
+    )
+    wall = time.perf_counter() - t0
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    errors = [r for r in results if isinstance(r, BaseException)]
+
+    async def stop(km: Any, kc: Any) -> None:
+        try:
+            await kc.aclose()
+        finally:
+            await km.shutdown_kernel(now=True)
+
+    stopped = await asyncio.gather(*(stop(km, kc) for km, kc in ok), return_exceptions=True)
+    for e in stopped:
+        if isinstance(e, BaseException):
+            warn(f"kk: shutdown after concurrent start failed: {e!r}")
+    return wall, errors
+
+
+async def _jc_many(n: int) -> tuple[float, list[BaseException]]:
+    from jupyter_client.manager import AsyncKernelManager
+
+    kms: list[Any] = []
+    kcs: list[Any] = []
+
+    async def one() -> None:
+        km = AsyncKernelManager(kernel_name=KERNEL)
+        kms.append(km)
+        await km.start_kernel(stderr=subprocess.DEVNULL)
+        kc = km.client()
+        kcs.append(kc)
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+
+    try:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+        wall = time.perf_counter() - t0
+    finally:
+        for kc in kcs:
+            with contextlib.suppress(Exception):
+                kc.stop_channels()
+        stopped = await asyncio.gather(
+            *(km.shutdown_kernel(now=True) for km in kms if km.has_kernel), return_exceptions=True
+        )
+        for e in stopped:
+            if isinstance(e, BaseException):
+                warn(f"jc: shutdown after concurrent start failed: {e!r}")
+    return wall, [r for r in results if isinstance(r, BaseException)]
+
+
+def bench_concurrent(p: Params) -> list[Row]:
+    """(4) N kernels started at once (async API) until all are ready; failures counted."""
+    progress(f"concurrent: sizes {p.concurrent_sizes} x {p.concurrent_rounds} rounds x 2 libraries")
+    wall: dict[tuple[str, int], list[float]] = {}
+    fails: dict[tuple[str, int], list[str]] = {}
+    for n in p.concurrent_sizes:
+        for lib in LIBS:
+            wall[(lib, n)] = []
+            fails[(lib, n)] = []
+
+    async def main() -> None:
+        for _i, order in orders(p.concurrent_rounds):
+            for n in p.concurrent_sizes:
+                for lib in order:
+                    progress(f"  {lib}: {n} at once")
+                    w, errors = await (_kk_many(n) if lib == "kk" else _jc_many(n))
+                    wall[(lib, n)].append(ms(w))
+                    fails[(lib, n)].extend(f"{type(e).__name__}: {e}"[:200] for e in errors)
+
+    asyncio.run(main())
+    rows: list[Row] = []
+    for n in p.concurrent_sizes:
+        target, rule = ("≤ 0.9", "ratio<=0.9") if n == 32 else ("—", "")
+        rows.append(
+            Row(
+                "concurrent",
+                f"{n} kernels at once → all ready (wall)",
+                "ms",
+                wall[("kk", n)],
+                wall[("jc", n)],
+                target,
+                rule,
+            )
+        )
+        total = n * p.concurrent_rounds
+        kf, jf = len(fails[("kk", n)]), len(fails[("jc", n)])
+        rows.append(
+            Row(
+                "concurrent",
+                f"{n} kernels at once: failed starts",
+                "count",
+                [kf],
+                [jf],
+                kk_text=f"{kf} of {total}",
+                jc_text=f"{jf} of {total}",
+                show_ratio=False,
+                extra={"kk_errors": fails[("kk", n)], "jc_errors": fails[("jc", n)]},
+            )
+        )
+    return rows
+
+
+def _drain(kc: Any) -> None:
+    """Discard whatever is queued on the client's iopub and shell channels."""
+    for get in (kc.get_iopub_msg, kc.get_shell_msg):
+        while True:
+            try:
+                get(timeout=0.05)
+            except Exception:
+                break
+
+
+class RawShell:
+    """The floor of a round trip: a bare synchronous pyzmq DEALER plus
+    jupyter_client's Session, no iopub, no threads, no event loop."""
+
+    def __init__(self, km: Any) -> None:
+        import zmq
+        from jupyter_client.session import Session
+
+        info = km.get_connection_info()
+        key = info["key"] if isinstance(info["key"], bytes) else info["key"].encode()
+        self.session = Session(key=key, signature_scheme=info["signature_scheme"])
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        self.sock.connect(f"{info['transport']}://{info['ip']}:{info['shell_port']}")
+
+    def request(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
+        sent = self.session.send(self.sock, msg_type, content)
+        deadline = time.monotonic() + REPLY_TIMEOUT
+        while True:
+            if not self.sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
+                raise TimeoutError(f"no {msg_type} reply within {REPLY_TIMEOUT} s")
+            _idents, msg = self.session.recv(self.sock, mode=0)
+            if msg is not None and msg["parent_header"].get("msg_id") == sent["msg_id"]:
+                return msg  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+EXECUTE_1P1 = {
+    "code": "1+1",
+    "silent": False,
+    "store_history": True,
+    "user_expressions": {},
+    "allow_stdin": False,
+    "stop_on_error": True,
+}
+
+
+def bench_roundtrip(p: Params) -> list[Row]:
+    """(5) kernel_info and execute("1+1") round trips (blocking, reply=True).
+
+    A third, raw pyzmq client (see :class:`RawShell`) talks to jupyter_client's
+    kernel in the same rotation: the part of a round trip no client removes.
+    """
+    progress(f"roundtrip: {p.calls} calls x 2 messages x 2 libraries (+ raw floor)")
+    kinfo: dict[str, list[float]] = {lib: [] for lib in (*LIBS, "raw")}
+    exe: dict[str, list[float]] = {lib: [] for lib in (*LIBS, "raw")}
+    with one_kernel_each() as kernels:
+        raw = RawShell(kernels["jc"][0])
+        try:
+            calls: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
+                lib: (
+                    lambda kc=kernels[lib][1]: kc.kernel_info(reply=True, timeout=REPLY_TIMEOUT),
+                    lambda kc=kernels[lib][1]: kc.execute("1+1", reply=True, timeout=REPLY_TIMEOUT),
+                )
+                for lib in LIBS
+            }
+            calls["raw"] = (
+                lambda: raw.request("kernel_info_request", {}),
+                lambda: raw.request("execute_request", EXECUTE_1P1),
+            )
+            for who in calls:  # warm-up
+                for _ in range(10):
+                    calls[who][0]()
+                    calls[who][1]()
+            for lib in LIBS:
+                _drain(kernels[lib][1])
+            for i, order in orders(p.calls):
+                rotation = (*order, "raw") if i % 2 else ("raw", *order)
+                for who in rotation:
+                    t0 = time.perf_counter()
+                    r = calls[who][0]()
+                    kinfo[who].append(ms(time.perf_counter() - t0))
+                    assert r["msg_type"] == "kernel_info_reply", r["msg_type"]
+                for who in rotation:
+                    t0 = time.perf_counter()
+                    r = calls[who][1]()
+                    exe[who].append(ms(time.perf_counter() - t0))
+                    assert r["content"]["status"] == "ok", r["content"]
+                if i % 50 == 49:  # keep the unread iopub traffic bounded (untimed)
+                    for lib in LIBS:
+                        _drain(kernels[lib][1])
+        finally:
+            raw.close()
+    rows = [
+        Row(
+            "roundtrip",
+            "kernel_info round trip",
+            "ms",
+            kinfo["kk"],
+            kinfo["jc"],
+            "≤ 0.7",
+            "ratio<=0.7",
+        ),
+        Row(
+            "roundtrip", "kernel_info round trip p99", "ms", [p99(kinfo["kk"])], [p99(kinfo["jc"])]
+        ),
+        Row(
+            "roundtrip",
+            "floor: kernel_info, raw pyzmq DEALER (no client)",
+            "ms",
+            kinfo["raw"],
+            None,
+            jc_text="(same floor)",
+        ),
+        Row(
+            "roundtrip",
+            'execute("1+1") round trip (shell reply)',
+            "ms",
+            exe["kk"],
+            exe["jc"],
+            "≤ 0.9",
+            "ratio<=0.9",
+        ),
+        Row("roundtrip", 'execute("1+1") round trip p99', "ms", [p99(exe["kk"])], [p99(exe["jc"])]),
+        Row(
+            "roundtrip",
+            'floor: execute("1+1"), raw pyzmq DEALER (no client)',
+            "ms",
+            exe["raw"],
+            None,
+            jc_text="(same floor)",
+        ),
+    ]
+    for r in rows:
+        r.extra["calls"] = p.calls
+    return rows
+
+
+def _interrupt_once(km: Any, kc: Any) -> float:
+    """Run time.sleep(10); once it runs, interrupt and time until the error reply."""
+    _drain(kc)
+    msg_id = kc.execute("import time; time.sleep(10)")
+    deadline = time.monotonic() + REPLY_TIMEOUT
+    while True:  # the kernel has started executing our request
+        m = kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+        if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "execute_input":
+            break
+    time.sleep(0.05)  # let it get into time.sleep
+    t0 = time.perf_counter()
+    km.interrupt_kernel()
+    while True:
+        reply = kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    dt = time.perf_counter() - t0
+    content = reply["content"]
+    if content.get("status") != "error" or content.get("ename") != "KeyboardInterrupt":
+        raise RuntimeError(f"unexpected reply to the interrupted execution: {content}")
+    while True:  # wait for idle so the next round starts clean (untimed)
+        m = kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+        if (
+            m["parent_header"].get("msg_id") == msg_id
+            and m["msg_type"] == "status"
+            and m["content"].get("execution_state") == "idle"
+        ):
+            break
+    return dt
+
+
+def bench_interrupt(p: Params) -> list[Row]:
+    """(6) interrupt_kernel during time.sleep(10) until the KeyboardInterrupt reply."""
+    progress(f"interrupt: {max(p.repeat, 3)} repetitions x 2 libraries")
+    res: dict[str, list[float]] = {lib: [] for lib in LIBS}
+    with one_kernel_each() as kernels:
+        for lib in LIBS:  # warm-up
+            _interrupt_once(*kernels[lib])
+        for _i, order in orders(max(p.repeat, 3)):
+            for lib in order:
+                res[lib].append(ms(_interrupt_once(*kernels[lib])))
+    return [Row("interrupt", "interrupt → KeyboardInterrupt reply", "ms", res["kk"], res["jc"])]
+
+
+# -- child processes: resources (7) and cycles (9) ------------------------------
+
+
+def _snapshot() -> dict[str, float]:
+    gc.collect()
+    me = psutil.Process()
+    return {
+        "threads": me.num_threads(),
+        "fds": me.num_fds() if hasattr(me, "num_fds") else float("nan"),
+        "rss_mib": me.memory_info().rss / 2**20,
+    }
+
+
+def child_resources(lib: str, n: int) -> dict[str, Any]:
+    km, kc = start_kernel(lib)  # warm-up: the library fully initialised
+    stop_kernel(lib, km, kc, now=False)
+    time.sleep(0.2)
+    idle = _snapshot()
+    pairs: list[tuple[Any, Any]] = []
+    try:
+        for _ in range(n):
+            pairs.append(start_kernel(lib))
+        time.sleep(1.0)  # heartbeats running, everything settled
+        busy = _snapshot()
+        busy["threads_names"] = sorted(  # type: ignore[assignment]
+            t.name for t in __import__("threading").enumerate()
+        )
+    finally:
+        for km, kc in pairs:
+            stop_kernel(lib, km, kc, now=True)
+    after = _snapshot()
+    return {"idle": idle, "busy": busy, "after": after}
+
+
+def child_cycles(lib: str, n: int, warmup: int) -> dict[str, Any]:
+    errors: list[str] = []
+
+    def cycle() -> bool:
+        try:
+            km, kc = start_kernel(lib)
+        except Exception as e:  # a failed start is counted, not fatal
+            errors.append(f"{type(e).__name__}: {e}"[:200])
+            return False
+        stop_kernel(lib, km, kc, now=False)
+        return True
+
+    for _ in range(warmup):
+        cycle()
+    del errors[:]
+    time.sleep(0.2)
+    before = _snapshot()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        if cycle():
+            times.append(ms(time.perf_counter() - t0))
+    time.sleep(0.2)
+    after = _snapshot()
+    return {"before": before, "after": after, "times": times, "errors": errors}
+
+
+def run_child(args: list[str], timeout: float) -> dict[str, Any]:
+    """Run this script as a child (``--child ...``); return its JSON result."""
+    cmd = [sys.executable, os.path.abspath(__file__), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException:
+        kill_tree(proc.pid)
+        proc.communicate()
+        raise
+    for line in out.splitlines():
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    raise RuntimeError(f"child {args} failed (exit {proc.returncode}):\n{err[-3000:]}")
+
+
+def kill_tree(pid: int) -> None:
+    """Kill a child we started and everything it started."""
+    try:
+        parent = psutil.Process(pid)
+        procs = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for pr in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            pr.kill()
+    psutil.wait_procs(procs, timeout=5)
+
+
+def bench_resources(p: Params) -> list[Row]:
+    """(7) threads, fds and RSS of the manager process with 0 and N kernels + clients."""
+    n = p.resource_kernels
+    progress(f"resources: {n} kernels + clients, one fresh child process per library")
+    res = {}
+    for lib in LIBS:
+        res[lib] = run_child(["--child", "resources", "--lib", lib, "--kernels", str(n)], 300)
+
+    def row(key: str, snap: str, label: str, unit: str, target: str = "—", rule: str = "") -> Row:
+        return Row(
+            "resources", label, unit, [res["kk"][snap][key]], [res["jc"][snap][key]], target, rule
+        )
+
+    rows = [
+        row("threads", "idle", "threads, 0 kernels (after one start/stop)", "count"),
+        row("threads", "busy", f"threads, {n} kernels + clients", "count", "kk ≤ 4", "kk<=4"),
+        row("fds", "idle", "fds, 0 kernels", "count"),
+        row("fds", "busy", f"fds, {n} kernels + clients", "count", "≤ 0.6", "ratio<=0.6"),
+        row("rss_mib", "idle", "RSS, 0 kernels", "MiB"),
+        row("rss_mib", "busy", f"RSS, {n} kernels + clients", "MiB"),
+    ]
+    rows[1].extra["thread_names"] = {lib: res[lib]["busy"].get("threads_names") for lib in LIBS}
+    for r in rows:
+        r.extra["raw"] = res
+    return rows
+
+
+def bench_cycles(p: Params) -> list[Row]:
+    """(9) start/stop cycles in a fresh child per library; time and resource growth."""
+    progress(f"cycles: {p.cycles} start/stop cycles, one fresh child process per library")
+    res = {}
+    for lib in LIBS:
+        res[lib] = run_child(
+            [
+                "--child",
+                "cycles",
+                "--lib",
+                lib,
+                "--cycles",
+                str(p.cycles),
+                "--warmup",
+                str(p.cycle_warmup),
+            ],
+            600,
+        )
+
+    def growth(lib: str, key: str) -> float:
+        return float(res[lib]["after"][key] - res[lib]["before"][key])
+
+    def text(lib: str, key: str, unit: str) -> str:
+        b, a = res[lib]["before"][key], res[lib]["after"][key]
+        return (
+            f"{fmt_num(b, unit)} → {fmt_num(a, unit)} ({a - b:+.1f})"
+            if unit == "MiB"
+            else (f"{b:.0f} → {a:.0f} ({a - b:+.0f})")
+        )
+
+    rows = [
+        Row(
+            "cycles",
+            f"start/stop cycle ({p.cycles} cycles, graceful stop)",
+            "ms",
+            res["kk"]["times"],
+            res["jc"]["times"],
+        ),
+        Row(
+            "cycles",
+            f"failed starts in {p.cycles} cycles",
+            "count",
+            [len(res["kk"]["errors"])],
+            [len(res["jc"]["errors"])],
+            kk_text=f"{len(res['kk']['errors'])} of {p.cycles}",
+            jc_text=f"{len(res['jc']['errors'])} of {p.cycles}",
+            show_ratio=False,
+            extra={lib: res[lib]["errors"] for lib in LIBS},
+        ),
+    ]
+    for key, label, unit in (("fds", "fds", "count"), ("threads", "threads", "count")):
+        rows.append(
+            Row(
+                "cycles",
+                f"{label} before → after {p.cycles} cycles",
+                unit,
+                [growth("kk", key)],
+                [growth("jc", key)],
+                "kk: no growth",
+                "kk<=0",
+                kk_text=text("kk", key, unit),
+                jc_text=text("jc", key, unit),
+                show_ratio=False,
+            )
+        )
+    rows.append(
+        Row(
+            "cycles",
+            f"RSS before → after {p.cycles} cycles (MiB)",
+            "MiB",
+            [growth("kk", "rss_mib")],
+            [growth("jc", "rss_mib")],
+            "kk: growth < 5 MiB",
+            "kk<5",
+            kk_text=text("kk", "rss_mib", "MiB"),
+            jc_text=text("jc", "rss_mib", "MiB"),
+            show_ratio=False,
+        )
+    )
+    for r in rows[2:]:
+        r.extra["before_after"] = {
+            lib: {k: res[lib][k] for k in ("before", "after")} for lib in LIBS
+        }
+    return rows
+
+
+def bench_pool(p: Params) -> list[Row]:
+    """(8) start to ready on a warm-pool hit: kernelkeeper has no pools yet."""
+    return [
+        Row(
+            "pool",
+            "start → ready, warm-pool hit (kk only)",
+            "ms",
+            None,
+            None,
+            kk_text="n/a (no pools yet)",
+            jc_text="—",
+        )
+    ]
+
+
+# -----------------------------------------------------------------------------
+# Main
+# -----------------------------------------------------------------------------
+
+
+def leftovers(runtime: str) -> tuple[list[int], list[str]]:
+    me = psutil.Process()
+    kids = me.children(recursive=True)
+    _, alive = psutil.wait_procs(kids, timeout=5)
+    procs = [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    files = (
+        sorted(f for f in os.listdir(runtime) if f.startswith("kernel-"))
+        if os.path.isdir(runtime)
+        else []
+    )
+    return procs, files
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="small run (under a minute)")
+    ap.add_argument(
+        "--only",
+        default="",
+        metavar="WORKLOAD[,WORKLOAD]",
+        help=f"run only these workloads: {','.join(WORKLOADS)}",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        metavar="N",
+        help="timed repetitions per lifecycle figure and library (default 8, quick 2)",
+    )
+    ap.add_argument(
+        "--calls",
+        type=int,
+        default=None,
+        metavar="N",
+        help="round trips per message type and library (default 200, quick 50)",
+    )
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write the raw numbers here")
+    # internal: run one library's resource or cycle workload in a fresh process
+    ap.add_argument("--child", choices=("resources", "cycles"), help=argparse.SUPPRESS)
+    ap.add_argument("--lib", choices=LIBS, help=argparse.SUPPRESS)
+    ap.add_argument("--kernels", type=int, default=16, help=argparse.SUPPRESS)
+    ap.add_argument("--cycles", type=int, default=200, help=argparse.SUPPRESS)
+    ap.add_argument("--warmup", type=int, default=5, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    only = [w.strip() for w in args.only.split(",") if w.strip()]
+    bad = [w for w in only if w not in WORKLOADS]
+    if bad:
+        ap.error(f"unknown workload(s) {bad}; choose from {', '.join(WORKLOADS)}")
+    args.workloads = only or list(WORKLOADS)
+    return args
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def child_main(args: argparse.Namespace) -> int:
+    try:
+        if args.child == "resources":
+            result = child_resources(args.lib, args.kernels)
+        else:
+            result = child_cycles(args.lib, args.cycles, args.warmup)
+    finally:
+        LIVE.close_all()
+    print(RESULT_TAG + json.dumps(result), flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    if args.child:
+        return child_main(args)
+
+    p = Params.make(args.quick, args.repeat, args.calls)
+    # A private runtime dir: connection files of both libraries go here, and
+    # the leftover check at the end looks here.
+    runtime = tempfile.mkdtemp(prefix="kkbench-rt-")
+    os.environ["JUPYTER_RUNTIME_DIR"] = runtime
+
+    info = machine_info()
+    print("## Machine\n")
+    cores = f"{info['cores_logical']} logical / {info['cores_physical']} physical"
+    if info.get("cpu_affinity") not in (None, info["cores_logical"]):
+        cores += f" ({info['cpu_affinity']} usable)"
+    print(f"- cores: {cores}; RAM: {info['ram_gib']} GiB; {info['platform']}")
+    print(
+        f"- python {info['python']}; kernelkeeper {info['kernelkeeper']}; "
+        f"jupyter_client {info['jupyter_client']}; ipykernel {info['ipykernel']}; "
+        f"pyzmq {info['pyzmq']} (libzmq {info['libzmq']})"
+    )
+    mode = "quick" if p.quick else "full"
+    print(
+        f"- mode: {mode}; repeat {p.repeat}; round trips {p.calls}; "
+        f"concurrent sizes {list(p.concurrent_sizes)} x {p.concurrent_rounds}; "
+        f"resources with {p.resource_kernels} kernels; {p.cycles} cycles; "
+        f"kernel spec {KERNEL!r}; workloads: {','.join(args.workloads)}"
+    )
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"- load average at the start (1/5/15 min): {load} "
+        "(every figure is wall time: run on an otherwise idle machine)\n",
+        flush=True,
+    )
+
+    t_start = time.perf_counter()
+    rows: list[Row] = []
+    errors: list[str] = []
+    want = set(args.workloads)
+    in_process = want & {"start", "shutdown", "restart", "concurrent", "roundtrip", "interrupt"}
+    steps: list[tuple[str, Callable[[], list[Row]]]] = []
+    if want & {"start", "shutdown"}:
+        steps.append(
+            ("start/shutdown", lambda: bench_lifecycle(p, "start" in want, "shutdown" in want))
+        )
+    if "restart" in want:
+        steps.append(("restart", lambda: bench_restart(p)))
+    if "concurrent" in want:
+        steps.append(("concurrent", lambda: bench_concurrent(p)))
+    if "roundtrip" in want:
+        steps.append(("roundtrip", lambda: bench_roundtrip(p)))
+    if "interrupt" in want:
+        steps.append(("interrupt", lambda: bench_interrupt(p)))
+    if "resources" in want:
+        steps.append(("resources", lambda: bench_resources(p)))
+    if "pool" in want:
+        steps.append(("pool", lambda: bench_pool(p)))
+    if "cycles" in want:
+        steps.append(("cycles", lambda: bench_cycles(p)))
+
+    try:
+        if in_process:
+            warm_up()
+        for name, step in steps:
+            t0 = time.perf_counter()
+            try:
+                rows.extend(step())
+            except Exception as e:  # report and go on with the other workloads
+                errors.append(f"{name}: {type(e).__name__}: {e}")
+                warn(f"workload {name} failed: {e!r}")
+            finally:
+                LIVE.close_all()
+            progress(f"{name} done in {time.perf_counter() - t0:.1f} s")
+    finally:
+        LIVE.close_all()
+        procs, files = leftovers(runtime)
+        for pid in procs:
+            kill_tree(pid)
+        shutil.rmtree(runtime, ignore_errors=True)
+
+    elapsed = time.perf_counter() - t_start
+    print("## Results (kk = kernelkeeper, jc = jupyter_client; times in ms)\n")
+    print(render_table(rows))
+    print()
+    missed = [r.label for r in rows if r.met() is False]
+    print(f"- targets missed: {len(missed)}" + (f" ({'; '.join(missed)})" if missed else ""))
+    for e in errors:
+        print(f"- ERROR in workload {e}")
+    print(f"- leftovers: {len(procs)} kernel processes, {len(files)} connection files")
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"- wall time: {elapsed:.1f} s; load average at the end (1/5/15 min): {load}", flush=True)
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {
+                    "machine": info,
+                    "params": asdict(p),
+                    "workloads": args.workloads,
+                    "elapsed_s": elapsed,
+                    "errors": errors,
+                    "leftovers": {"processes": procs, "files": files},
+                    "rows": [
+                        {
+                            **asdict(r),
+                            "ratio": r.ratio(),
+                            "met": r.met(),
+                            "kk_median": r.median("kk"),
+                            "jc_median": r.median("jc"),
+                        }
+                        for r in rows
+                    ],
+                },
+                f,
+                indent=1,
+                default=str,
+            )
+    return 1 if errors or procs or files else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
