@@ -88,8 +88,8 @@ class Params:
                 concurrent_sizes=(8,),
                 concurrent_rounds=1,
                 resource_kernels=4,
-                cycles=8,
-                cycle_warmup=2,
+                cycles=6,
+                cycle_warmup=1,
             )
         return cls(
             quick=False,

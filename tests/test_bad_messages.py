@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,14 @@ pytestmark = pytest.mark.timeout(60)
 
 TIMEOUT = 10.0
 Msg = dict[str, Any]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ipython_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The real kernel keeps its history database out of the user's home."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipython")))
+        yield
 
 
 @dataclass
@@ -284,20 +292,24 @@ async def test_bad_messages_against_real_kernel_client() -> None:
         key = km.connection_info.key
         signer = Session(key, username="kernel")
 
-        # A spy subscribes to the kernel's stream output to capture genuine frames.
-        # (A topic nobody subscribed yet: ipykernel's XPUB reports it and the kernel
-        # answers with an iopub_welcome, so we know the spy is connected.)
-        spy.setsockopt(zmq.SUBSCRIBE, b"stream")
+        # A spy subscribes to the kernel's iopub to capture genuine frames. It is
+        # connected once it sees the status messages of a request of ours (the
+        # kernel's iopub_welcome is not reliable for a second subscriber to b"").
+        spy.setsockopt(zmq.SUBSCRIBE, b"")
         spy.connect(km.connection_info.url("iopub"))
-        welcome = Session(key).feed(await asyncio.wait_for(spy.recv_multipart(), TIMEOUT))
-        assert welcome is not None and welcome["msg_type"] == "iopub_welcome"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TIMEOUT
+        while not await spy.poll(100):
+            assert loop.time() < deadline, "the spy never received anything"
+            await kc.kernel_info(reply=True, timeout=TIMEOUT)  # publishes busy/idle
         res = await kc.run_cell("print('genuine one')", timeout=TIMEOUT)
         assert res.stdout == "genuine one\n"
+        run_id = res.reply["parent_header"]["msg_id"]
         captured: list[bytes] | None = None
         while captured is None:
             frames = await asyncio.wait_for(spy.recv_multipart(), TIMEOUT)
             m = Session(key, check_replay=False).feed(frames)
-            if m is not None and m["msg_type"] == "stream":
+            if m and m["msg_type"] == "stream" and m["parent_header"]["msg_id"] == run_id:
                 captured = frames
         assert kc.dropped == 0
 

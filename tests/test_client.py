@@ -40,7 +40,7 @@ REPLY = 15.0  # deadline for any single reply
 # An interrupted `time.sleep(60)` must end with KeyboardInterrupt well before the
 # sleep would: typically in ~0.1 s, but the first traceback a kernel formats is
 # slow on a loaded machine, so the deadline is generous (still half the sleep).
-INTERRUPTED = 50.0
+INTERRUPTED = 30.0
 IPYKERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
 
 Msg = dict[str, Any]
@@ -212,7 +212,7 @@ def check_outputs(outputs: list[dict[str, Any]]) -> None:
 
 # stop_on_error=False with it: after an error (the KeyboardInterrupt) ipykernel
 # would otherwise abort the requests that follow right behind it.
-SLEEP_CODE = "import time, signal, threading, os\nprint('sleeping', signal.getsignal(signal.SIGINT), threading.current_thread().name, os.getpid(), os.getpgid(0), flush=True)\ntime.sleep(45)\nprint('slept', signal.getsignal(signal.SIGINT), flush=True)"
+SLEEP_CODE = "import time\nprint('sleeping', flush=True)\ntime.sleep(60)"
 
 NAME_CODE = 'name = input("name? ")\nprint("hello", name)'
 
@@ -495,10 +495,7 @@ def test_interrupt_by_message_blocking(message_kernel: str, transport: str) -> N
             else:
                 km.interrupt_kernel()
             reply = shell_reply(kc, msg_id, timeout=INTERRUPTED)
-            el = time.monotonic() - t0
-            if el > 5:
-                rest = iopub_until_idle(kc, msg_id)
-                pytest.fail(f"DIAG {how} {el:.1f} {reply['content']} {m['content']} {[x['content'] for x in rest]}")
+            assert time.monotonic() - t0 < INTERRUPTED
             assert reply["content"]["status"] == "error"
             assert reply["content"]["ename"] == "KeyboardInterrupt"
             iopub_until_idle(kc, msg_id)
@@ -641,10 +638,7 @@ async def test_async_interrupt_by_message(message_kernel: str, transport: str) -
         assert ireply["msg_type"] == "interrupt_reply"
         assert ireply["content"]["status"] == "ok"
         reply = await a_shell_reply(kc, msg_id, timeout=INTERRUPTED)
-        el = time.monotonic() - t0
-        if el > 5:
-            rest = await a_iopub_until(kc, msg_id, is_idle)
-            pytest.fail(f"DIAG {el:.1f} {reply['content']} {[x['content'] for x in rest]}")
+        assert time.monotonic() - t0 < INTERRUPTED
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         assert (await kc.run_cell("1 + 1", timeout=REPLY)).result() == {"text/plain": "2"}
@@ -663,10 +657,7 @@ async def test_async_interrupt_by_signal(
     t0 = time.monotonic()
     assert await kc.interrupt() is None  # SIGINT through the manager
     reply = await a_shell_reply(kc, msg_id, timeout=INTERRUPTED)
-    el = time.monotonic() - t0
-    if el > 5:
-        rest = await a_iopub_until(kc, msg_id, is_idle)
-        pytest.fail(f"DIAG sig {el:.1f} {reply['content']} {[x['content'] for x in rest]}")
+    assert time.monotonic() - t0 < INTERRUPTED
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     assert await km.is_alive()
 

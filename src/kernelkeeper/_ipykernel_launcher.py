@@ -105,6 +105,31 @@ def main() -> None:
     if url:
         _register(url, token, app)
     app.start()  # type: ignore[no-untyped-call]
+    _fast_exit()
+
+
+def _fast_exit() -> None:
+    """Leave the way the interpreter would, minus its final teardown.
+
+    After a shutdown_request, ~90% of an ipykernel's exit time is the
+    interpreter's last garbage collection of the IPython heap. Run what
+    matters (join non-daemon threads, atexit handlers such as IPython's
+    history writer and ipykernel's cleanup, flush the streams), then exit.
+    """
+    import atexit
+
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize does first
+    except Exception:
+        pass
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+    os._exit(0)
 
 
 if __name__ == "__main__":

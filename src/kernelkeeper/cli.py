@@ -1,10 +1,10 @@
 """The ``kernelkeeper`` command line.
 
-    kernelkeeper list                      kernel types that can be started
-    kernelkeeper run -c "print(1)"         run code in a fresh kernel, print its output
-    kernelkeeper run script.py             the same with a file
-    kernelkeeper start [-k NAME]           start a kernel, print its connection file, keep it
-                                           running until Ctrl-C
+kernelkeeper list                      kernel types that can be started
+kernelkeeper run -c "print(1)"         run code in a fresh kernel, print its output
+kernelkeeper run script.py             the same with a file
+kernelkeeper start [-k NAME]           start a kernel, print its connection file, keep it
+                                       running until Ctrl-C
 """
 
 from __future__ import annotations
@@ -31,8 +31,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     finder = KernelFinder.from_entrypoints()
     rows = [(name, spec.display_name, spec.language) for name, spec in finder.find_kernels()]
     if args.json:
-        print(json.dumps([{"name": n, "display_name": d, "language": lang}
-                          for n, d, lang in rows], indent=1))
+        print(
+            json.dumps(
+                [{"name": n, "display_name": d, "language": lang} for n, d, lang in rows], indent=1
+            )
+        )
     else:
         width = max((len(n) for n, _, _ in rows), default=4)
         for name, display, lang in rows:
@@ -62,8 +65,7 @@ async def _run(args: argparse.Namespace, code: str) -> int:
         kc = km.client()
         kc.start_channels(hb=False)
         await kc.wait_for_ready(timeout=args.timeout)
-        result = await kc.run_cell(code, on_output=print_output,
-                                   stdin_hook=_stdin_hook(kc))
+        result = await kc.run_cell(code, on_output=print_output, stdin_hook=_stdin_hook(kc))
         return 0 if result.status == "ok" else 1
     finally:
         if kc is not None:
@@ -86,8 +88,12 @@ async def _start(args: argparse.Namespace) -> int:
     try:
         await km.wait_ready(args.timeout)
         print(km.connection_file, flush=True)
-        print(f"kernel {km.kernel_id} ready (pid {km.process.pid if km.process else '?'}); "
-              "Ctrl-C to shut it down", file=sys.stderr, flush=True)
+        print(
+            f"kernel {km.kernel_id} ready (pid {km.process.pid if km.process else '?'}); "
+            "Ctrl-C to shut it down",
+            file=sys.stderr,
+            flush=True,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -108,8 +114,9 @@ async def _start(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kernelkeeper",
-                                description="Find, launch and control Jupyter kernels.")
+    p = argparse.ArgumentParser(
+        prog="kernelkeeper", description="Find, launch and control Jupyter kernels."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="list the kernel types that can be started")
     ls.add_argument("--json", action="store_true", help="print JSON")

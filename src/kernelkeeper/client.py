@@ -53,11 +53,16 @@ class Channel:
     :class:`queue.Empty` when nothing arrives in time.
     """
 
+    #: Most unread messages kept; see :meth:`put`.
+    max_queued = 1000
+
     def __init__(self, client: AsyncKernelClient, name: str) -> None:
         self.client = client
         self.name = name
         self.socket: zmq.asyncio.Socket | None = None
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
+        #: Messages dropped because nobody read the queue (oldest go first).
+        self.overflowed = 0
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -124,6 +129,24 @@ class Channel:
                     dispatch(self, msg)
                 except Exception:  # a failing user hook must not kill the channel
                     log.exception("Error handling a %s message", self.name)
+
+    def put(self, msg: Message) -> None:
+        """Queue a message for ``get_msg``; past ``max_queued`` the oldest is dropped.
+
+        An unread queue must not grow without bound in a long-lived client
+        (jupyter_client's sockets drop at their 1000-message high-water mark).
+        """
+        q = self.queue
+        if q.qsize() >= self.max_queued:
+            q.get_nowait()
+            self.overflowed += 1
+            if self.overflowed == 1:
+                log.warning(
+                    "%s queue full (%d unread messages); dropping the oldest",
+                    self.name,
+                    self.max_queued,
+                )
+        q.put_nowait(msg)
 
     def send(self, msg: Mapping[str, Any]) -> None:
         """Sign and send a message dict on this channel."""
@@ -444,7 +467,7 @@ class AsyncKernelClient:
                 if listener is not None:
                     listener(msg)
                     return
-        channel.queue.put_nowait(msg)
+        channel.put(msg)
 
     # -- sending --------------------------------------------------------------
 
@@ -475,6 +498,14 @@ class AsyncKernelClient:
         msg_id, fut = self._send(channel, msg_type, content, expect_reply=reply)
         if fut is None:
             return msg_id
+        if msg_type != "execute_request":
+            # The caller takes the reply directly; the busy/idle status this
+            # request causes on iopub would only pile up unread in the queue.
+            self._listeners[msg_id] = _ignore
+            try:
+                return await self._await_reply(msg_id, fut, timeout)
+            finally:
+                self._release_listener(msg_id)
         return await self._await_reply(msg_id, fut, timeout)
 
     async def _await_reply(
@@ -660,7 +691,7 @@ class AsyncKernelClient:
             )
             sent.append(msg_id)
             # The busy/idle status of our own probes is not user output.
-            self._listeners[msg_id] = lambda m: None
+            self._listeners[msg_id] = _ignore
             assert fut is not None
             return fut
 
@@ -848,6 +879,10 @@ class AsyncKernelClient:
         else:
             value = await loop.run_in_executor(None, builtins.input, prompt)
         self.input(value)
+
+
+def _ignore(msg: Message) -> None:
+    pass
 
 
 async def _maybe_await(value: Any) -> Any:

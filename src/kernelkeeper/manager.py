@@ -47,6 +47,22 @@ _LAUNCH_KEYS = frozenset(
 )
 
 
+_default_finder: KernelFinder | None = None
+
+
+def default_finder(refresh: bool = False) -> KernelFinder:
+    """The process-wide finder built from the installed provider plugins.
+
+    Loading entry points scans every installed distribution (milliseconds
+    per call), so it is done once; kernelspecs themselves are still read
+    from disk on every lookup. ``refresh=True`` reloads the plugins.
+    """
+    global _default_finder
+    if _default_finder is None or refresh:
+        _default_finder = KernelFinder.from_entrypoints()
+    return _default_finder
+
+
 class KernelState(str, enum.Enum):
     """Where a managed kernel is in its life."""
 
@@ -178,7 +194,7 @@ class AsyncKernelManager:
     def kernel_spec(self) -> KernelSpec:
         """The kernel's spec, looked up by ``kernel_name`` on first use."""
         if self._spec is None:
-            finder = self._finder or KernelFinder.from_entrypoints()
+            finder = self._finder or default_finder()
             self._spec = finder.get_spec(self.kernel_name or None)
         return self._spec
 
