@@ -588,7 +588,8 @@ async def test_restart_kernel(make_km: Any, connect: Any) -> None:
         assert read_json(cf) == content
         res = await kc.run_cell(
             "import os\n"
-            "print(os.getpid(), 'kk_marker' in dir(), os.environ.get('KK_RESTART_TOKEN'))"
+            "print(os.getpid(), 'kk_marker' in dir(), os.environ.get('KK_RESTART_TOKEN'))",
+            timeout=REPLY,
         )
         token = "second" if now else "None"
         assert res.stdout.split() == [str(km.process.pid), "False", token]  # a fresh kernel

@@ -661,6 +661,8 @@ class AsyncKernelClient:
         if not self.channels_running:
             self.start_channels()
         assert self._iopub_seen is not None
+        # Prove the subscription anew: after a restart the old proof is stale.
+        self._iopub_seen.clear()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         died: asyncio.Future[Any] | None = None
