@@ -31,9 +31,20 @@ if sys.platform.startswith("linux"):
 LEAK_GRACE = 10.0  # seconds a process that is already exiting may take to go
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ipython_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Kernels keep their IPython history database out of the user's home."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipython")))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def isolated_runtime(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
-                     request: pytest.FixtureRequest) -> Iterator[Path]:
+def isolated_runtime(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> Iterator[Path]:
     # Short path: ipc socket paths must stay under the 107-byte limit.
     runtime = Path(tmp_path_factory.mktemp("rt"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
@@ -50,8 +61,9 @@ def isolated_runtime(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
             p.kill()
         except psutil.NoSuchProcess:
             pass
-    left = sorted(str(p.relative_to(runtime)) for p in runtime.rglob("*")
-                  if p.name.startswith("kernel-"))
+    left = sorted(
+        str(p.relative_to(runtime)) for p in runtime.rglob("*") if p.name.startswith("kernel-")
+    )
     assert not alive, f"processes leaked by the test: {[p.pid for p in alive]}"
     assert not left, f"files left in the runtime dir: {left}"
 
@@ -66,8 +78,13 @@ def kernel_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...,
     (root / "kernels").mkdir(parents=True)
     monkeypatch.setenv("JUPYTER_PATH", str(root))
 
-    def make(script: str, name: str | None = None, env: dict[str, str] | None = None,
-             interrupt_mode: str = "signal", argv: list[str] | None = None) -> str:
+    def make(
+        script: str,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+        interrupt_mode: str = "signal",
+        argv: list[str] | None = None,
+    ) -> str:
         name = name or script.replace("_", "-")
         d = root / "kernels" / name
         d.mkdir()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,14 +32,6 @@ pytestmark = pytest.mark.timeout(60)
 
 TIMEOUT = 10.0
 Msg = dict[str, Any]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ipython_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """The real kernel keeps its history database out of the user's home."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipython")))
-        yield
 
 
 @dataclass

@@ -124,14 +124,6 @@ def assert_gone(pid: int, files: list[str], runtime: Path | None = None) -> None
 # -- fixtures -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ipython_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Kernels keep their history database out of the user's home."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipython")))
-        yield
-
-
 @pytest.fixture(scope="module", params=TRANSPORTS)
 def shared(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

@@ -27,13 +27,6 @@ TIMEOUT = 15.0
 Msg = dict[str, Any]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ipython_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipython")))
-        yield
-
-
 # -- (a) kernelkeeper kernel, jupyter_client client ------------------------------------
 
 

@@ -15,7 +15,6 @@ import asyncio
 import inspect
 import queue
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,13 +26,6 @@ pytestmark = pytest.mark.timeout(60)
 READY = 30.0
 TIMEOUT = 15.0
 Msg = dict[str, Any]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ipython_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("IPYTHONDIR", str(tmp_path_factory.mktemp("ipython")))
-        yield
 
 
 async def ensure_async(obj: Any) -> Any:

@@ -46,7 +46,29 @@ _SOCKET_TYPES = {
 }
 
 
-class Channel:
+class _TaskOwner:
+    """Owns one background task: ``stop`` cancels it, ``aclose`` also awaits it."""
+
+    _task: asyncio.Task[None] | None = None
+
+    def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+
+    async def aclose(self) -> None:
+        """Stop and wait until the task has finished."""
+        task = self._task
+        self.stop()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def is_alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+
+class Channel(_TaskOwner):
     """One kernel socket plus the queue of its messages nobody else claimed.
 
     Mirrors jupyter_client's async channel: ``await get_msg(timeout)`` raises
@@ -94,23 +116,10 @@ class Channel:
 
     def stop(self) -> None:
         """Cancel the receive task and close the socket (no await needed)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
+        super().stop()
         sock, self.socket = self.socket, None
         if sock is not None:
             sock.close()
-
-    async def aclose(self) -> None:
-        """Stop and wait until the receive task has finished."""
-        task = self._task
-        self.stop()
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def is_alive(self) -> bool:
-        return self._task is not None and not self._task.done()
 
     async def _receive(self, sock: zmq.asyncio.Socket) -> None:
         session = self.client.session
@@ -175,7 +184,7 @@ class Channel:
         return not self.queue.empty()
 
 
-class HBChannel:
+class HBChannel(_TaskOwner):
     """Pings the kernel's heartbeat socket; notices a kernel that stopped beating.
 
     ``on_dead`` callbacks receive the seconds since the last beat.
@@ -194,21 +203,6 @@ class HBChannel:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="kk-hb")
-
-    def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-
-    async def aclose(self) -> None:
-        task = self._task
-        self.stop()
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    def is_alive(self) -> bool:
-        return self._task is not None and not self._task.done()
 
     def pause(self) -> None:
         self._paused = True
