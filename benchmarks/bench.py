@@ -14,9 +14,16 @@ the target and whether it is met. The resource and start/stop-cycle workloads
 run each library in a fresh child process (``--child``) so that their threads,
 file descriptors and RSS are not mixed.
 
-Every kernel started here is shut down in a ``finally`` (and child processes
-are killed on timeout), so a run leaves no kernel processes or connection
-files; the last lines of the output say so. See benchmarks/README.md.
+Every workload that starts kernels runs in a child process of this script
+(``--child``); the parent only starts children, reads their progress events
+and builds the table. A child that stops making progress (no event for
+``CHILD_IDLE_TIMEOUT`` s) or overruns its deadline is killed with every
+process it started, and the connection files it created are removed: a
+library that hangs (e.g. jupyter_client blocking its event loop in a zmq
+send to a kernel that never came up) costs a censored trial or a reported
+error, never the run. Every kernel is also shut down in a ``finally``, so a
+run leaves no kernel processes or connection files; the last lines of the
+output say so. See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -30,13 +37,16 @@ import math
 import os
 import platform
 import re
+import select
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -46,6 +56,14 @@ import psutil
 KERNEL = "python3"  # the same installed kernelspec for both libraries
 STARTUP_TIMEOUT = 30.0  # a hung start counts as a failure after this
 REPLY_TIMEOUT = 30.0
+# A child that sends no event for this long is killed (every timed step of every
+# workload sends one, and each step is bounded by STARTUP_TIMEOUT or REPLY_TIMEOUT
+# unless the library blocks).
+CHILD_IDLE_TIMEOUT = STARTUP_TIMEOUT + 30.0
+# "N kernels at once": from the first start to all started; past it the trial is
+# killed and every kernel not ready by then counts as a failed start.
+TRIAL_DEADLINE = STARTUP_TIMEOUT + 15.0
+STOP_DEADLINE = 60.0  # stopping a trial's kernels afterwards
 LIBS = ("kk", "jc")
 LIB_NAMES = {"kk": "kernelkeeper", "jc": "jupyter_client"}
 WORKLOADS = (
@@ -59,7 +77,6 @@ WORKLOADS = (
     "pool",
     "cycles",
 )
-RESULT_TAG = "KKBENCH-RESULT "
 
 
 # -----------------------------------------------------------------------------
@@ -122,6 +139,8 @@ class Row:
     rule: str = ""
     kk_text: str | None = None  # overrides the formatted kk cell
     jc_text: str | None = None
+    kk_note: str = ""  # appended to the cell, e.g. trials killed and left out
+    jc_note: str = ""
     met_override: bool | None = None
     show_ratio: bool = True  # False where a ratio means nothing (growth figures)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -192,6 +211,8 @@ def render_table(rows: list[Row]) -> str:
     for r in rows:
         kk = r.kk_text if r.kk_text is not None else fmt_cell(r.kk, r.unit)
         jc = r.jc_text if r.jc_text is not None else fmt_cell(r.jc, r.unit)
+        kk += f"; {r.kk_note}" if r.kk_note else ""
+        jc += f"; {r.jc_note}" if r.jc_note else ""
         ratio = r.ratio()
         rs = "—" if ratio is None else f"{ratio:.2f}"
         m = re.fullmatch(r"ratio<=?([0-9.]+)", r.rule)
@@ -302,6 +323,7 @@ def one_kernel_each() -> Iterator[dict[str, tuple[Any, Any]]]:
     kernels: dict[str, tuple[Any, Any]] = {}
     try:
         for lib in LIBS:
+            alive(f"{lib}: start")
             kernels[lib] = start_kernel(lib)
         yield kernels
     finally:
@@ -315,12 +337,43 @@ def orders(n: int) -> Iterator[tuple[int, tuple[str, str]]]:
         yield i, (LIBS if i % 2 == 0 else LIBS[::-1])
 
 
+# -- events: how a child reports to the parent ----------------------------------
+
+EVENT_FD: int | None = None  # in a child: the write end of the parent's event pipe
+
+
+def emit(kind: str, **data: Any) -> None:
+    """Send one event (a JSON line) to the parent; a no-op in the parent itself.
+
+    Optional keys the parent acts on: ``step`` (what the child is doing now, for
+    the kill message), ``deadline_s`` (the current phase must end, i.e. a later
+    event must set a new deadline, within this many seconds; None clears it).
+    Every event also restarts the parent's idle timer.
+    """
+    if EVENT_FD is None:
+        return
+    buf = (json.dumps({"kind": kind, **data}, default=str) + "\n").encode()
+    while buf:
+        buf = buf[os.write(EVENT_FD, buf) :]
+
+
+def alive(step: str) -> None:
+    """A heartbeat before each timed operation: the parent kills a silent child."""
+    emit("alive", step=step)
+
+
 def warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
+    if EVENT_FD is not None:
+        emit("warning", msg=msg)
+    else:
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def progress(msg: str) -> None:
-    print(f"# {msg}", file=sys.stderr, flush=True)
+    if EVENT_FD is not None:
+        emit("progress", msg=msg, step=msg)
+    else:
+        print(f"# {msg}", file=sys.stderr, flush=True)
 
 
 def ms(seconds: float) -> float:
@@ -336,6 +389,7 @@ def warm_up() -> None:
     """Import both libraries and run one full start/stop each (untimed)."""
     progress("warm-up: one start/stop per library")
     for lib in LIBS:
+        alive(f"{lib}: warm-up start/stop")
         km, kc = start_kernel(lib)
         stop_kernel(lib, km, kc, now=False)
     subprocess.run([sys.executable, "-c", "import ipykernel.kernelapp"], check=True)
@@ -354,9 +408,10 @@ def bench_lifecycle(p: Params, want_start: bool, want_shutdown: bool) -> list[Ro
         (lib, now): [] for lib in LIBS for now in (False, True)
     }
     floor: list[float] = []
-    for _i, order in orders(p.repeat):
+    for i, order in orders(p.repeat):
         for now in (False, True):
             for lib in order:
+                alive(f"{lib}: start, then shutdown_kernel(now={now}) (repetition {i + 1})")
                 t0 = time.perf_counter()
                 km, kc = start_kernel(lib)
                 t1 = time.perf_counter()
@@ -436,12 +491,14 @@ def bench_restart(p: Params) -> list[Row]:
     }
     with one_kernel_each() as kernels:
         for lib in LIBS:  # warm-up: one untimed restart each
+            alive(f"{lib}: warm-up restart")
             km, kc = kernels[lib]
             km.restart_kernel(now=True)
             kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
-        for _i, order in orders(p.repeat):
+        for i, order in orders(p.repeat):
             for now in (False, True):
                 for lib in order:
+                    alive(f"{lib}: restart_kernel(now={now}) → ready (repetition {i + 1})")
                     km, kc = kernels[lib]
                     # Untimed: drop replies queued from earlier waits. jupyter_client's
                     # wait_for_ready takes any kernel_info_reply, so a leftover one
@@ -465,22 +522,60 @@ def bench_restart(p: Params) -> list[Row]:
     ]
 
 
-async def _kk_many(n: int) -> tuple[float, list[BaseException]]:
+def _errtext(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:200]
+
+
+@dataclass
+class Hooks:
+    """What one "N at once" trial reports to the parent while it runs."""
+
+    report: bool = False  # False for the untimed warm-up
+    ready: set[str] = field(default_factory=set)  # connection files of ready kernels
+    timer: threading.Timer | None = None
+
+    def on_ready(self, km: Any) -> None:
+        self.ready.add(os.path.abspath(km.connection_file))
+        if self.report:
+            emit("ready", n=len(self.ready))
+
+    def on_failed(self, e: BaseException) -> None:
+        if self.report:
+            emit("failed", error=_errtext(e))
+
+    def on_started(self, wall: float, errors: list[BaseException]) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.report:
+            emit(
+                "started",
+                wall_ms=ms(wall),
+                errors=[_errtext(e) for e in errors],
+                step="stopping the trial's kernels",
+                deadline_s=STOP_DEADLINE,
+            )
+
+
+async def _kk_many(n: int, hooks: Hooks) -> tuple[float, list[BaseException]]:
     import kernelkeeper
 
-    t0 = time.perf_counter()
-    results = await asyncio.gather(
-        *(
-            kernelkeeper.async_start_new_kernel(
+    async def one() -> tuple[Any, Any]:
+        try:
+            km, kc = await kernelkeeper.async_start_new_kernel(
                 startup_timeout=STARTUP_TIMEOUT, kernel_name=KERNEL, stderr=subprocess.DEVNULL
             )
-            for _ in range(n)
-        ),
-        return_exceptions=True,
-    )
+        except BaseException as e:
+            hooks.on_failed(e)
+            raise
+        hooks.on_ready(km)
+        return km, kc
+
+    t0 = time.perf_counter()
+    results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
     wall = time.perf_counter() - t0
     ok = [r for r in results if not isinstance(r, BaseException)]
     errors = [r for r in results if isinstance(r, BaseException)]
+    hooks.on_started(wall, errors)
 
     async def stop(km: Any, kc: Any) -> None:
         try:
@@ -495,25 +590,36 @@ async def _kk_many(n: int) -> tuple[float, list[BaseException]]:
     return wall, errors
 
 
-async def _jc_many(n: int) -> tuple[float, list[BaseException]]:
+async def _jc_many(n: int, hooks: Hooks) -> tuple[float, list[BaseException]]:
     from jupyter_client.manager import AsyncKernelManager
 
     kms: list[Any] = []
     kcs: list[Any] = []
 
     async def one() -> None:
-        km = AsyncKernelManager(kernel_name=KERNEL)
-        kms.append(km)
-        await km.start_kernel(stderr=subprocess.DEVNULL)
-        kc = km.client()
-        kcs.append(kc)
-        kc.start_channels()
-        await kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+        try:
+            km = AsyncKernelManager(kernel_name=KERNEL)
+            kms.append(km)
+            await km.start_kernel(stderr=subprocess.DEVNULL)
+            kc = km.client()
+            kcs.append(kc)
+            kc.start_channels()
+            # Can block the whole event loop for good: jupyter_client's Session.send
+            # sends on a synchronous shadow of the asyncio socket, so when the shell
+            # DEALER has no peer left the send never returns and no asyncio timeout
+            # can fire. Only the parent's deadline (it kills this process) ends that.
+            await kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+        except BaseException as e:
+            hooks.on_failed(e)
+            raise
+        hooks.on_ready(km)
 
     try:
         t0 = time.perf_counter()
         results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
         wall = time.perf_counter() - t0
+        errors = [r for r in results if isinstance(r, BaseException)]
+        hooks.on_started(wall, errors)
     finally:
         for kc in kcs:
             with contextlib.suppress(Exception):
@@ -524,56 +630,225 @@ async def _jc_many(n: int) -> tuple[float, list[BaseException]]:
         for e in stopped:
             if isinstance(e, BaseException):
                 warn(f"jc: shutdown after concurrent start failed: {e!r}")
-    return wall, [r for r in results if isinstance(r, BaseException)]
+    return wall, errors
+
+
+BASE_ENV = "KKBENCH_BASE"  # the run's private directory (set by the parent)
+
+
+def _conn_file_arg(cmdline: Sequence[str], base: str) -> str | None:
+    """The connection file in a kernel's command line, if it is in our private dir."""
+    for arg in cmdline:
+        k = arg.find(base) if base else -1
+        if k >= 0:
+            return arg[k:]
+    return None
+
+
+def _conn_files() -> list[str]:
+    """Connection files in the run's private directory (absolute paths).
+
+    ``runtime/kernel-*.json``: JUPYTER_RUNTIME_DIR, used by kernelkeeper and by
+    jupyter_client's AsyncKernelManager; ``tmp/*.json``: TMPDIR, where
+    jupyter_client's ``start_new_kernel`` writes its connection files (a
+    KernelManager without a connection_file uses ``tempfile.mkstemp``).
+    """
+    base = os.environ.get(BASE_ENV, "")
+    if not base:
+        return []
+    found = []
+    for sub, prefix in (("runtime", "kernel-"), ("tmp", "")):
+        d = os.path.join(base, sub)
+        if os.path.isdir(d):
+            found += [
+                os.path.join(d, f)
+                for f in os.listdir(d)
+                if f.startswith(prefix) and f.endswith(".json")
+            ]
+    return sorted(found)
+
+
+def _diagnose(hooks: Hooks, main_ident: int) -> None:
+    """Just before the parent kills a trial (runs on a timer thread, which still
+    runs when the main thread is stuck in a C call that released the GIL): where
+    the main thread is, and what became of the kernels that are not ready. Goes
+    to the JSON dump."""
+    try:
+        frame = sys._current_frames().get(main_ident)
+        stack = [ln.strip() for ln in traceback.format_stack(frame)][-10:] if frame else []
+        base = os.environ.get(BASE_ENV, "")
+        procs: dict[str, psutil.Process] = {}
+        for pr in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                cf = _conn_file_arg(pr.cmdline(), base)
+                if cf:
+                    procs[os.path.abspath(cf)] = pr
+        try:
+            conns = [
+                (c, getattr(c.laddr, "port", None), getattr(c.raddr, "port", None))
+                for c in psutil.net_connections("tcp")
+            ]
+        except (psutil.Error, OSError):
+            conns = []
+        pending = []
+        for name in _conn_files():
+            if name in hooks.ready:
+                continue
+            entry: dict[str, Any] = {"connection_file": os.path.relpath(name, base)}
+            kp = procs.get(name)
+            try:
+                entry["process"] = f"pid {kp.pid} {kp.status()}" if kp else "none (exited)"
+            except psutil.Error:
+                entry["process"] = "none (exited)"
+            try:
+                with open(name) as f:
+                    ports = {k: v for k, v in json.load(f).items() if k.endswith("_port")}
+            except (OSError, ValueError):
+                ports = {}
+            entry["ports"] = ports
+            entry["port_users"] = {  # sockets on either end of a connection to the port
+                k: [f"pid {c.pid} {c.status} {lp}->{rp}" for c, lp, rp in conns if port in (lp, rp)]
+                for k, port in ports.items()
+                if port
+            }
+            pending.append(entry)
+        emit("diagnosis", main_thread=stack, ready=len(hooks.ready), pending=pending)
+    except Exception as e:
+        emit("diagnosis", error=repr(e))
+
+
+def child_concurrent(lib: str, n: int) -> dict[str, Any]:
+    """One "N at once" trial in this (child) process: an untimed warm-up start/stop
+    with the same API, then N starts at once."""
+    many = _kk_many if lib == "kk" else _jc_many
+
+    async def run() -> dict[str, Any]:
+        alive(f"{lib}: warm-up start/stop (untimed)")
+        _wall, errors = await many(1, Hooks())
+        if errors:
+            raise RuntimeError(f"warm-up start failed: {_errtext(errors[0])}")
+        hooks = Hooks(report=True)
+        hooks.timer = threading.Timer(
+            TRIAL_DEADLINE - 5, _diagnose, args=(hooks, threading.get_ident())
+        )
+        hooks.timer.daemon = True
+        emit("t0", step=f"{lib}: {n} kernels at once", deadline_s=TRIAL_DEADLINE)
+        hooks.timer.start()
+        wall, errors = await many(n, hooks)
+        return {"wall_ms": ms(wall), "errors": [_errtext(e) for e in errors]}
+
+    return asyncio.run(run())
+
+
+def _concurrent_trial(lib: str, n: int) -> dict[str, Any]:
+    """Run one trial in a child; a trial killed at its deadline is censored (no wall
+    time) and every kernel not ready by then counts as a failed start."""
+    run = run_child(
+        ["--child", "concurrent", "--lib", lib, "--kernels", str(n)],
+        timeout=CHILD_IDLE_TIMEOUT + TRIAL_DEADLINE + STOP_DEADLINE + 30,
+    )
+    out: dict[str, Any] = {"lib": lib, "n": n, "wall_ms": None, "errors": [], "censored": None}
+    out.update(run.summary())
+    done = run.result if run.result is not None else run.first("started")
+    if done is not None:
+        out["wall_ms"], out["errors"] = done["wall_ms"], done["errors"]
+        if run.result is None:  # the starts finished; stopping the kernels did not
+            out["stop_problem"] = run.why()
+            warn(f"{lib}: {n} at once: stopping the kernels failed: {run.why()}")
+        return out
+    if run.first("t0") is None:  # no kernel of the trial was started
+        out["censored"] = f"not run, warm-up start failed: {run.why()}"
+        warn(f"{lib}: {n} at once: {out['censored']}")
+        return out
+    ready = len(run.all("ready"))
+    failed = [e["error"] for e in run.all("failed")]
+    lost = max(0, n - ready - len(failed))
+    out["errors"] = failed + [f"not ready when the trial was {run.why()}"] * lost
+    out["censored"] = run.why()
+    out["ready"] = ready
+    diag = run.first("diagnosis")
+    if diag is not None:
+        out["diagnosis"] = diag
+    warn(
+        f"{lib}: {n} at once: trial {run.why()}; {ready} of {n} kernels were ready, "
+        f"{n - ready} count as failed starts"
+    )
+    return out
+
+
+def _short(reason: str) -> str:
+    """'killed (45 s deadline passed) during ...' -> 'killed: 45 s deadline passed'."""
+    m = re.match(r"killed \(([^)]*)\)", reason)
+    return f"killed: {m.group(1)}" if m else reason.split(":")[0]
 
 
 def bench_concurrent(p: Params) -> list[Row]:
-    """(4) N kernels started at once (async API) until all are ready; failures counted."""
+    """(4) N kernels started at once (async API) until all are ready; failures counted.
+
+    Each trial runs in a fresh child (both libraries alike) with a hard deadline,
+    so a library that hangs yields a censored trial and failed starts, not a hung run.
+    """
     progress(f"concurrent: sizes {p.concurrent_sizes} x {p.concurrent_rounds} rounds x 2 libraries")
-    wall: dict[tuple[str, int], list[float]] = {}
-    fails: dict[tuple[str, int], list[str]] = {}
-    for n in p.concurrent_sizes:
-        for lib in LIBS:
-            wall[(lib, n)] = []
-            fails[(lib, n)] = []
-
-    async def main() -> None:
-        for _i, order in orders(p.concurrent_rounds):
-            for n in p.concurrent_sizes:
-                for lib in order:
-                    progress(f"  {lib}: {n} at once")
-                    w, errors = await (_kk_many(n) if lib == "kk" else _jc_many(n))
-                    wall[(lib, n)].append(ms(w))
-                    fails[(lib, n)].extend(f"{type(e).__name__}: {e}"[:200] for e in errors)
-
-    asyncio.run(main())
+    trials: dict[tuple[str, int], list[dict[str, Any]]] = {
+        (lib, n): [] for n in p.concurrent_sizes for lib in LIBS
+    }
+    for _i, order in orders(p.concurrent_rounds):
+        for n in p.concurrent_sizes:
+            for lib in order:
+                progress(f"  {lib}: {n} at once")
+                trials[(lib, n)].append(_concurrent_trial(lib, n))
     rows: list[Row] = []
     for n in p.concurrent_sizes:
         target, rule = ("≤ 0.9", "ratio<=0.9") if n == 32 else ("—", "")
-        rows.append(
-            Row(
-                "concurrent",
-                f"{n} kernels at once → all ready (wall)",
-                "ms",
-                wall[("kk", n)],
-                wall[("jc", n)],
-                target,
-                rule,
+        walls = {
+            lib: [t["wall_ms"] for t in trials[(lib, n)] if t["wall_ms"] is not None]
+            for lib in LIBS
+        }
+        cut = {lib: [t for t in trials[(lib, n)] if t["censored"]] for lib in LIBS}
+        notes = {
+            lib: (
+                f"{len(cut[lib])} more trial(s) not in the figures ("
+                + "; ".join(sorted({_short(t["censored"]) for t in cut[lib]}))
+                + ")"
+                if cut[lib]
+                else ""
             )
+            for lib in LIBS
+        }
+        row = Row(
+            "concurrent",
+            f"{n} kernels at once → all ready (wall)",
+            "ms",
+            walls["kk"],
+            walls["jc"],
+            target,
+            rule,
+            kk_note=notes["kk"],
+            jc_note=notes["jc"],
+            extra={"trials": {lib: trials[(lib, n)] for lib in LIBS}},
         )
+        if rule and cut["kk"]:
+            row.met_override = False  # kernelkeeper itself did not finish a trial
+        rows.append(row)
         total = n * p.concurrent_rounds
-        kf, jf = len(fails[("kk", n)]), len(fails[("jc", n)])
+        fails = {lib: [e for t in trials[(lib, n)] for e in t["errors"]] for lib in LIBS}
+        text = {}
+        for lib in LIBS:
+            text[lib] = f"{len(fails[lib])} of {total}"
+            hung = sum(len(t["errors"]) for t in cut[lib])
+            if hung:
+                text[lib] += f" ({hung} not ready in {len(cut[lib])} killed trial(s))"
         rows.append(
             Row(
                 "concurrent",
                 f"{n} kernels at once: failed starts",
                 "count",
-                [kf],
-                [jf],
-                kk_text=f"{kf} of {total}",
-                jc_text=f"{jf} of {total}",
+                [len(fails["kk"])],
+                [len(fails["jc"])],
+                kk_text=text["kk"],
+                jc_text=text["jc"],
                 show_ratio=False,
-                extra={"kk_errors": fails[("kk", n)], "jc_errors": fails[("jc", n)]},
+                extra={"kk_errors": fails["kk"], "jc_errors": fails["jc"]},
             )
         )
     return rows
@@ -660,6 +935,7 @@ def bench_roundtrip(p: Params) -> list[Row]:
             for lib in LIBS:
                 _drain(kernels[lib][1])
             for i, order in orders(p.calls):
+                alive(f"round trips, call {i + 1}")
                 rotation = (*order, "raw") if i % 2 else ("raw", *order)
                 for who in rotation:
                     t0 = time.perf_counter()
@@ -758,9 +1034,11 @@ def bench_interrupt(p: Params) -> list[Row]:
     res: dict[str, list[float]] = {lib: [] for lib in LIBS}
     with one_kernel_each() as kernels:
         for lib in LIBS:  # warm-up
+            alive(f"{lib}: warm-up interrupt")
             _interrupt_once(*kernels[lib])
-        for _i, order in orders(max(p.repeat, 3)):
+        for i, order in orders(max(p.repeat, 3)):
             for lib in order:
+                alive(f"{lib}: interrupt (repetition {i + 1})")
                 res[lib].append(ms(_interrupt_once(*kernels[lib])))
     return [Row("interrupt", "interrupt → KeyboardInterrupt reply", "ms", res["kk"], res["jc"])]
 
@@ -779,20 +1057,23 @@ def _snapshot() -> dict[str, float]:
 
 
 def child_resources(lib: str, n: int) -> dict[str, Any]:
+    alive(f"{lib}: warm-up start/stop")
     km, kc = start_kernel(lib)  # warm-up: the library fully initialised
     stop_kernel(lib, km, kc, now=False)
     time.sleep(0.2)
     idle = _snapshot()
     pairs: list[tuple[Any, Any]] = []
     try:
-        for _ in range(n):
+        for k in range(n):
+            alive(f"{lib}: start {k + 1} of {n}")
             pairs.append(start_kernel(lib))
         time.sleep(1.0)  # heartbeats running, everything settled
         busy = _snapshot()
         busy["threads_names"] = sorted(  # type: ignore[assignment]
-            t.name for t in __import__("threading").enumerate()
+            t.name for t in threading.enumerate()
         )
     finally:
+        alive(f"{lib}: stopping {len(pairs)} kernels")
         for km, kc in pairs:
             stop_kernel(lib, km, kc, now=True)
     after = _snapshot()
@@ -800,59 +1081,241 @@ def child_resources(lib: str, n: int) -> dict[str, Any]:
 
 
 def child_cycles(lib: str, n: int, warmup: int) -> dict[str, Any]:
+    """Start/stop cycles; each one is also sent as an event, so the figures up to a
+    cycle that hangs survive the child being killed."""
     errors: list[str] = []
 
     def cycle() -> bool:
         try:
             km, kc = start_kernel(lib)
         except Exception as e:  # a failed start is counted, not fatal
-            errors.append(f"{type(e).__name__}: {e}"[:200])
+            errors.append(_errtext(e))
             return False
         stop_kernel(lib, km, kc, now=False)
         return True
 
-    for _ in range(warmup):
+    for k in range(warmup):
+        alive(f"{lib}: warm-up cycle {k + 1}")
         cycle()
     del errors[:]
     time.sleep(0.2)
     before = _snapshot()
+    emit("before", snapshot=before)
     times = []
-    for _ in range(n):
+    for k in range(n):
+        alive(f"{lib}: start/stop cycle {k + 1} of {n}")
         t0 = time.perf_counter()
         if cycle():
             times.append(ms(time.perf_counter() - t0))
+            emit("cycle", ms=times[-1])
+        else:
+            emit("cycle", error=errors[-1])
     time.sleep(0.2)
     after = _snapshot()
     return {"before": before, "after": after, "times": times, "errors": errors}
 
 
-def run_child(args: list[str], timeout: float) -> dict[str, Any]:
-    """Run this script as a child (``--child ...``); return its JSON result."""
-    cmd = [sys.executable, os.path.abspath(__file__), *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+# -- running a child and killing it -------------------------------------------
+
+CHILDREN: dict[int, subprocess.Popen[bytes]] = {}  # running children (killed on the way out)
+
+
+@dataclass
+class ChildRun:
+    """What a child sent before it exited or was killed."""
+
+    args: list[str]
+    events: list[dict[str, Any]] = field(default_factory=list)
+    killed: str | None = None  # why the parent killed it; None: it exited by itself
+    returncode: int | None = None
+    stderr: str = ""
+    killed_procs: int = 0  # the child and every process it had started
+    removed_files: list[str] = field(default_factory=list)  # its connection files
+
+    def first(self, kind: str) -> dict[str, Any] | None:
+        return next((e for e in self.events if e["kind"] == kind), None)
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["kind"] == kind]
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        ev = self.first("result")
+        return None if ev is None else ev["data"]  # type: ignore[no-any-return]
+
+    def why(self) -> str:
+        """Why there is no result: the kill reason, or the child's exit status."""
+        if self.killed:
+            return self.killed
+        tail = [ln for ln in self.stderr.strip().splitlines() if ln.strip()][-1:]
+        return f"child exited with status {self.returncode}" + (f": {tail[0]}" if tail else "")
+
+    def summary(self) -> dict[str, Any]:
+        if not self.killed:
+            return {}
+        return {
+            "killed": self.killed,
+            "killed_procs": self.killed_procs,
+            "removed_connection_files": self.removed_files,
+        }
+
+
+def run_child(args: list[str], timeout: float, idle: float = CHILD_IDLE_TIMEOUT) -> ChildRun:
+    """Run this script as a child (``--child ...``) and collect its events.
+
+    The parent never blocks on the child for long: it kills the child, every
+    process the child started (its kernels included) and removes the connection
+    files created meanwhile if the child sends no event for ``idle`` seconds,
+    overruns a deadline it announced (``deadline_s``), or overruns ``timeout``.
+    Events go through a pipe of their own (``--event-fd``), which the kernels do
+    not inherit, so its end of file means the child has exited.
+    """
+    files_before = set(_conn_files())
+    run = ChildRun(args)
+    r, w = os.pipe()
+    err = tempfile.TemporaryFile()
+    cmd = [sys.executable, os.path.abspath(__file__), *args, "--event-fd", str(w)]
     try:
-        out, err = proc.communicate(timeout=timeout)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            pass_fds=(w,),
+            start_new_session=True,
+        )
     except BaseException:
-        kill_tree(proc.pid)
-        proc.communicate()
+        os.close(r)
+        err.close()
         raise
-    for line in out.splitlines():
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG) :])
-    raise RuntimeError(f"child {args} failed (exit {proc.returncode}):\n{err[-3000:]}")
-
-
-def kill_tree(pid: int) -> None:
-    """Kill a child we started and everything it started."""
+    finally:
+        os.close(w)
+    CHILDREN[proc.pid] = proc
+    start = time.monotonic()
+    hard_end, idle_end, phase_end, phase_s = start + timeout, start + idle, math.inf, 0.0
+    step = "starting"
+    buf = b""
     try:
-        parent = psutil.Process(pid)
-        procs = [*parent.children(recursive=True), parent]
+        while True:
+            now = time.monotonic()
+            end, reason = min(
+                (hard_end, f"over its {timeout:.0f} s budget"),
+                (idle_end, f"no progress for {idle:.0f} s"),
+                (phase_end, f"{phase_s:.0f} s deadline passed"),
+                key=lambda x: x[0],
+            )
+            if now >= end:
+                run.killed = f"killed ({reason}) during {step!r}"
+                break
+            if not select.select([r], [], [], end - now)[0]:
+                continue
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break  # the child has exited
+            *lines, buf = (buf + chunk).split(b"\n")
+            for line in lines:
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                run.events.append(ev)
+                now = time.monotonic()
+                idle_end = now + idle
+                if "deadline_s" in ev:
+                    phase_s = ev["deadline_s"] or 0.0
+                    phase_end = math.inf if ev["deadline_s"] is None else now + phase_s
+                step = ev.get("step") or step
+                if ev["kind"] == "progress":
+                    progress("  " + ev["msg"])
+                elif ev["kind"] == "warning":
+                    warn(ev["msg"])
+        if not run.killed:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                run.killed = "killed (did not exit after closing its event pipe)"
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): take the child down too
+        run.killed = "killed (the benchmark was interrupted)"
+        raise
+    finally:
+        os.close(r)
+        if run.killed:
+            run.killed_procs = kill_tree(proc.pid)
+            for path in sorted(set(_conn_files()) - files_before):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+                    run.removed_files.append(os.path.basename(path))
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        CHILDREN.pop(proc.pid, None)
+        run.returncode = proc.returncode
+        err.seek(0)
+        run.stderr = err.read().decode(errors="replace")[-4000:]
+        err.close()
+    return run
+
+
+def kill_tree(pid: int) -> int:
+    """SIGKILL a process we started and everything it started; returns how many.
+
+    The descendants are listed before anything is killed: once the root is gone
+    they would be re-parented and no longer found as its children.
+    """
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
     except psutil.NoSuchProcess:
-        return
+        return 0
     for pr in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             pr.kill()
-    psutil.wait_procs(procs, timeout=5)
+    psutil.wait_procs(procs[:-1], timeout=5)  # the root is reaped by its Popen
+    return len(procs)
+
+
+def child_result(run: ChildRun, what: str) -> dict[str, Any]:
+    """The child's result, or an exception saying why there is none."""
+    if run.result is not None:
+        return run.result
+    cleaned = (
+        f"; {run.killed_procs} processes killed, {len(run.removed_files)} connection files removed"
+        if run.killed
+        else ""
+    )
+    raise RuntimeError(f"{what}: {run.why()}{cleaned}\n{run.stderr[-1500:]}")
+
+
+def bench_in_child(workload: str, p: Params, want: set[str], timeout: float) -> list[Row]:
+    """Run one of the single-kernel workloads in a fresh child (after a warm-up there)."""
+    run = run_child(
+        [
+            "--child",
+            "workload",
+            "--workload",
+            workload,
+            "--params",
+            json.dumps(asdict(p)),
+            "--want",
+            ",".join(sorted(want)),
+        ],
+        timeout,
+    )
+    return [Row(**d) for d in child_result(run, workload)["rows"]]
+
+
+def child_workload(workload: str, p: Params, want: set[str]) -> dict[str, Any]:
+    warm_up()
+    if workload == "lifecycle":
+        rows = bench_lifecycle(p, "start" in want, "shutdown" in want)
+    elif workload == "restart":
+        rows = bench_restart(p)
+    elif workload == "roundtrip":
+        rows = bench_roundtrip(p)
+    elif workload == "interrupt":
+        rows = bench_interrupt(p)
+    else:
+        raise ValueError(f"no child workload {workload!r}")
+    return {"rows": [asdict(r) for r in rows]}
 
 
 def bench_resources(p: Params) -> list[Row]:
@@ -861,7 +1324,10 @@ def bench_resources(p: Params) -> list[Row]:
     progress(f"resources: {n} kernels + clients, one fresh child process per library")
     res = {}
     for lib in LIBS:
-        res[lib] = run_child(["--child", "resources", "--lib", lib, "--kernels", str(n)], 300)
+        run = run_child(
+            ["--child", "resources", "--lib", lib, "--kernels", str(n)], 120 + (n + 1) * 10
+        )
+        res[lib] = child_result(run, f"resources ({lib})")
 
     def row(key: str, snap: str, label: str, unit: str, target: str = "—", rule: str = "") -> Row:
         return Row(
@@ -882,12 +1348,34 @@ def bench_resources(p: Params) -> list[Row]:
     return rows
 
 
+def _cycles_result(lib: str, run: ChildRun) -> dict[str, Any]:
+    """The cycles child's result; if it was killed, what its events had reported."""
+    if run.result is not None:
+        return {**run.result, "killed": None}
+    before = run.first("before")
+    if before is None:
+        child_result(run, f"cycles ({lib})")  # raises: nothing was measured
+    cycles = run.all("cycle")
+    errors = [e["error"] for e in cycles if "error" in e]
+    errors.append(f"cycle {len(cycles) + 1}: {run.why()}")
+    warn(f"cycles ({lib}): {run.why()}; {len(cycles)} cycles done")
+    return {
+        "before": before["snapshot"],  # type: ignore[index]
+        "after": None,
+        "times": [e["ms"] for e in cycles if "ms" in e],
+        "errors": errors,
+        "killed": run.why(),
+        "done": len(cycles),
+        **run.summary(),
+    }
+
+
 def bench_cycles(p: Params) -> list[Row]:
     """(9) start/stop cycles in a fresh child per library; time and resource growth."""
     progress(f"cycles: {p.cycles} start/stop cycles, one fresh child process per library")
     res = {}
     for lib in LIBS:
-        res[lib] = run_child(
+        run = run_child(
             [
                 "--child",
                 "cycles",
@@ -898,19 +1386,34 @@ def bench_cycles(p: Params) -> list[Row]:
                 "--warmup",
                 str(p.cycle_warmup),
             ],
-            600,
+            120 + (p.cycles + p.cycle_warmup) * 10,
         )
+        res[lib] = _cycles_result(lib, run)
 
-    def growth(lib: str, key: str) -> float:
+    def growth(lib: str, key: str) -> float | None:
+        if res[lib]["after"] is None:
+            return None
         return float(res[lib]["after"][key] - res[lib]["before"][key])
 
     def text(lib: str, key: str, unit: str) -> str:
+        if res[lib]["after"] is None:
+            return "— (run killed)"
         b, a = res[lib]["before"][key], res[lib]["after"][key]
         return (
             f"{fmt_num(b, unit)} → {fmt_num(a, unit)} ({a - b:+.1f})"
             if unit == "MiB"
             else (f"{b:.0f} → {a:.0f} ({a - b:+.0f})")
         )
+
+    def samples(lib: str, key: str) -> list[float] | None:
+        g = growth(lib, key)
+        return None if g is None else [g]
+
+    def failed(lib: str) -> str:
+        t = f"{len(res[lib]['errors'])} of {p.cycles}"
+        if res[lib]["killed"]:
+            t += f" (run killed in cycle {res[lib]['done'] + 1}: it hung)"
+        return t
 
     rows = [
         Row(
@@ -926,8 +1429,8 @@ def bench_cycles(p: Params) -> list[Row]:
             "count",
             [len(res["kk"]["errors"])],
             [len(res["jc"]["errors"])],
-            kk_text=f"{len(res['kk']['errors'])} of {p.cycles}",
-            jc_text=f"{len(res['jc']['errors'])} of {p.cycles}",
+            kk_text=failed("kk"),
+            jc_text=failed("jc"),
             show_ratio=False,
             extra={lib: res[lib]["errors"] for lib in LIBS},
         ),
@@ -938,8 +1441,8 @@ def bench_cycles(p: Params) -> list[Row]:
                 "cycles",
                 f"{label} before → after {p.cycles} cycles",
                 unit,
-                [growth("kk", key)],
-                [growth("jc", key)],
+                samples("kk", key),
+                samples("jc", key),
                 "kk: no growth",
                 "kk<=0",
                 kk_text=text("kk", key, unit),
@@ -952,8 +1455,8 @@ def bench_cycles(p: Params) -> list[Row]:
             "cycles",
             f"RSS before → after {p.cycles} cycles (MiB)",
             "MiB",
-            [growth("kk", "rss_mib")],
-            [growth("jc", "rss_mib")],
+            samples("kk", "rss_mib"),
+            samples("jc", "rss_mib"),
             "kk: growth < 5 MiB",
             "kk<5",
             kk_text=text("kk", "rss_mib", "MiB"),
@@ -962,9 +1465,13 @@ def bench_cycles(p: Params) -> list[Row]:
         )
     )
     for r in rows[2:]:
+        if res["kk"]["killed"]:
+            r.met_override = False  # kernelkeeper's own run did not finish
         r.extra["before_after"] = {
             lib: {k: res[lib][k] for k in ("before", "after")} for lib in LIBS
         }
+    for r in rows:
+        r.extra["killed"] = {lib: res[lib]["killed"] for lib in LIBS}
     return rows
 
 
@@ -988,17 +1495,24 @@ def bench_pool(p: Params) -> list[Row]:
 # -----------------------------------------------------------------------------
 
 
-def leftovers(runtime: str) -> tuple[list[int], list[str]]:
+def leftovers(base: str) -> tuple[list[int], list[str]]:
+    """Kernel processes still alive and connection files still present.
+
+    Processes: our descendants, plus any process whose command line names a file
+    in our private dir (a kernel re-parented after its manager died).
+    """
     me = psutil.Process()
-    kids = me.children(recursive=True)
-    _, alive = psutil.wait_procs(kids, timeout=5)
-    procs = [p.pid for p in alive if p.status() != psutil.STATUS_ZOMBIE]
-    files = (
-        sorted(f for f in os.listdir(runtime) if f.startswith("kernel-"))
-        if os.path.isdir(runtime)
-        else []
-    )
-    return procs, files
+    found = {pr.pid: pr for pr in me.children(recursive=True)}
+    for pr in psutil.process_iter(["cmdline"]):
+        if pr.pid != me.pid and _conn_file_arg(pr.info["cmdline"] or (), base):
+            found.setdefault(pr.pid, pr)
+    _, still = psutil.wait_procs(list(found.values()), timeout=5)
+    procs = []
+    for pr in still:
+        with contextlib.suppress(psutil.Error):
+            if pr.status() != psutil.STATUS_ZOMBIE:
+                procs.append(pr.pid)
+    return procs, [os.path.relpath(f, base) for f in _conn_files()]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -1027,8 +1541,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="round trips per message type and library (default 200, quick 50)",
     )
     ap.add_argument("--json", default=None, metavar="PATH", help="also write the raw numbers here")
-    # internal: run one library's resource or cycle workload in a fresh process
-    ap.add_argument("--child", choices=("resources", "cycles"), help=argparse.SUPPRESS)
+    # internal: run a workload (or one trial) in a fresh process; see run_child
+    ap.add_argument(
+        "--child",
+        choices=("workload", "concurrent", "resources", "cycles"),
+        help=argparse.SUPPRESS,
+    )
+    ap.add_argument("--event-fd", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--workload", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--params", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--want", default="", help=argparse.SUPPRESS)
     ap.add_argument("--lib", choices=LIBS, help=argparse.SUPPRESS)
     ap.add_argument("--kernels", type=int, default=16, help=argparse.SUPPRESS)
     ap.add_argument("--cycles", type=int, default=200, help=argparse.SUPPRESS)
@@ -1047,14 +1569,25 @@ def _sigterm(signum: int, frame: Any) -> None:
 
 
 def child_main(args: argparse.Namespace) -> int:
+    global EVENT_FD
+    if args.event_fd is not None:
+        os.set_inheritable(args.event_fd, False)  # no kernel may hold the pipe open
+        EVENT_FD = args.event_fd
     try:
-        if args.child == "resources":
+        if args.child == "workload":
+            d = json.loads(args.params)
+            d["concurrent_sizes"] = tuple(d["concurrent_sizes"])
+            want = {w for w in args.want.split(",") if w}
+            result = child_workload(args.workload, Params(**d), want)
+        elif args.child == "concurrent":
+            result = child_concurrent(args.lib, args.kernels)
+        elif args.child == "resources":
             result = child_resources(args.lib, args.kernels)
         else:
             result = child_cycles(args.lib, args.cycles, args.warmup)
     finally:
         LIVE.close_all()
-    print(RESULT_TAG + json.dumps(result), flush=True)
+    emit("result", data=result)
     return 0
 
 
@@ -1065,10 +1598,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return child_main(args)
 
     p = Params.make(args.quick, args.repeat, args.calls)
-    # A private runtime dir: connection files of both libraries go here, and
-    # the leftover check at the end looks here.
-    runtime = tempfile.mkdtemp(prefix="kkbench-rt-")
-    os.environ["JUPYTER_RUNTIME_DIR"] = runtime
+    # A private directory: JUPYTER_RUNTIME_DIR and TMPDIR of every child (and so
+    # of every kernel) point into it, so the connection files of both libraries
+    # land there; the cleanup after a killed child and the leftover check at the
+    # end look there (and for processes whose command line names it).
+    base = tempfile.mkdtemp(prefix="kkbench-")
+    for sub in ("runtime", "tmp"):
+        os.mkdir(os.path.join(base, sub))
+    os.environ[BASE_ENV] = base
+    os.environ["JUPYTER_RUNTIME_DIR"] = os.path.join(base, "runtime")
+    os.environ["TMPDIR"] = os.path.join(base, "tmp")
 
     info = machine_info()
     print("## Machine\n")
@@ -1099,20 +1638,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     errors: list[str] = []
     want = set(args.workloads)
-    in_process = want & {"start", "shutdown", "restart", "concurrent", "roundtrip", "interrupt"}
     steps: list[tuple[str, Callable[[], list[Row]]]] = []
+    # Workload budgets are backstops; a child is killed much earlier if it stops
+    # making progress (CHILD_IDLE_TIMEOUT without an event).
     if want & {"start", "shutdown"}:
         steps.append(
-            ("start/shutdown", lambda: bench_lifecycle(p, "start" in want, "shutdown" in want))
+            ("start/shutdown", lambda: bench_in_child("lifecycle", p, want, 120 + p.repeat * 40))
         )
     if "restart" in want:
-        steps.append(("restart", lambda: bench_restart(p)))
+        steps.append(("restart", lambda: bench_in_child("restart", p, want, 120 + p.repeat * 40)))
     if "concurrent" in want:
         steps.append(("concurrent", lambda: bench_concurrent(p)))
     if "roundtrip" in want:
-        steps.append(("roundtrip", lambda: bench_roundtrip(p)))
+        steps.append(("roundtrip", lambda: bench_in_child("roundtrip", p, want, 120 + p.calls)))
     if "interrupt" in want:
-        steps.append(("interrupt", lambda: bench_interrupt(p)))
+        steps.append(
+            ("interrupt", lambda: bench_in_child("interrupt", p, want, 120 + p.repeat * 20))
+        )
     if "resources" in want:
         steps.append(("resources", lambda: bench_resources(p)))
     if "pool" in want:
@@ -1121,24 +1663,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.append(("cycles", lambda: bench_cycles(p)))
 
     try:
-        if in_process:
-            warm_up()
         for name, step in steps:
             t0 = time.perf_counter()
             try:
                 rows.extend(step())
             except Exception as e:  # report and go on with the other workloads
-                errors.append(f"{name}: {type(e).__name__}: {e}")
-                warn(f"workload {name} failed: {e!r}")
-            finally:
-                LIVE.close_all()
+                errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0]}")
+                warn(f"workload {name} failed: {type(e).__name__}: {e}")
             progress(f"{name} done in {time.perf_counter() - t0:.1f} s")
     finally:
-        LIVE.close_all()
-        procs, files = leftovers(runtime)
+        for child in list(CHILDREN.values()):  # only if we are being interrupted
+            kill_tree(child.pid)
+        procs, files = leftovers(base)
         for pid in procs:
             kill_tree(pid)
-        shutil.rmtree(runtime, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
     elapsed = time.perf_counter() - t_start
     print("## Results (kk = kernelkeeper, jc = jupyter_client; times in ms)\n")

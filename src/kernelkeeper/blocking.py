@@ -106,6 +106,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_portal)
 
 
+async def _awaited(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    # Called on the loop thread: the sockets are that thread's alone.
+    return await fn(*args, **kwargs)
+
+
 class BlockingChannel:
     """A channel whose ``get_msg`` blocks (jupyter_client's blocking channel API)."""
 
@@ -272,7 +277,8 @@ class BlockingKernelClient:
         timeout: float | None = None,
     ) -> Any:
         return self._portal.run(
-            self._ac.execute(
+            _awaited(
+                self._ac.execute,
                 code,
                 silent,
                 store_history,
@@ -285,7 +291,7 @@ class BlockingKernelClient:
         )
 
     def kernel_info(self, *, reply: bool = False, timeout: float | None = None) -> Any:
-        return self._portal.run(self._ac.kernel_info(reply=reply, timeout=timeout))
+        return self._portal.run(_awaited(self._ac.kernel_info, reply=reply, timeout=timeout))
 
     def complete(
         self,
@@ -295,7 +301,9 @@ class BlockingKernelClient:
         reply: bool = False,
         timeout: float | None = None,
     ) -> Any:
-        return self._portal.run(self._ac.complete(code, cursor_pos, reply=reply, timeout=timeout))
+        return self._portal.run(
+            _awaited(self._ac.complete, code, cursor_pos, reply=reply, timeout=timeout)
+        )
 
     def inspect(
         self,
@@ -307,7 +315,7 @@ class BlockingKernelClient:
         timeout: float | None = None,
     ) -> Any:
         return self._portal.run(
-            self._ac.inspect(code, cursor_pos, detail_level, reply=reply, timeout=timeout)
+            _awaited(self._ac.inspect, code, cursor_pos, detail_level, reply=reply, timeout=timeout)
         )
 
     def history(
@@ -321,21 +329,31 @@ class BlockingKernelClient:
         **kwargs: Any,
     ) -> Any:
         return self._portal.run(
-            self._ac.history(raw, output, hist_access_type, reply=reply, timeout=timeout, **kwargs)
+            _awaited(
+                self._ac.history,
+                raw,
+                output,
+                hist_access_type,
+                reply=reply,
+                timeout=timeout,
+                **kwargs,
+            )
         )
 
     def is_complete(self, code: str, *, reply: bool = False, timeout: float | None = None) -> Any:
-        return self._portal.run(self._ac.is_complete(code, reply=reply, timeout=timeout))
+        return self._portal.run(_awaited(self._ac.is_complete, code, reply=reply, timeout=timeout))
 
     def comm_info(
         self, target_name: str | None = None, *, reply: bool = False, timeout: float | None = None
     ) -> Any:
-        return self._portal.run(self._ac.comm_info(target_name, reply=reply, timeout=timeout))
+        return self._portal.run(
+            _awaited(self._ac.comm_info, target_name, reply=reply, timeout=timeout)
+        )
 
     def shutdown(
         self, restart: bool = False, *, reply: bool = False, timeout: float | None = None
     ) -> Any:
-        return self._portal.run(self._ac.shutdown(restart, reply=reply, timeout=timeout))
+        return self._portal.run(_awaited(self._ac.shutdown, restart, reply=reply, timeout=timeout))
 
     def interrupt(self, *, reply: bool = False, timeout: float | None = None) -> Any:
         return self._portal.run(self._ac.interrupt(reply=reply, timeout=timeout))

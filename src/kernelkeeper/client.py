@@ -20,7 +20,7 @@ import logging
 import os
 import queue
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any
 
 import zmq
@@ -44,6 +44,21 @@ _SOCKET_TYPES = {
     "stdin": zmq.DEALER,
     "iopub": zmq.SUB,
 }
+
+
+class MsgId(str):
+    """The msg_id of a request that was sent.
+
+    A plain ``str``; awaiting it gives the same id, so code written for either
+    flavour of jupyter_client's async client (``kc.execute(...)`` or
+    ``await kc.execute(...)``) works unchanged.
+    """
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, str]:
+        return str(self)
+        yield  # pragma: no cover - makes this a generator
 
 
 class _TaskOwner:
@@ -481,7 +496,7 @@ class AsyncKernelClient:
         channel.send(msg)
         return msg["msg_id"], fut
 
-    async def _request(
+    def _request(
         self,
         channel: Channel,
         msg_type: str,
@@ -489,18 +504,29 @@ class AsyncKernelClient:
         reply: bool,
         timeout: float | None,
     ) -> Any:
+        # Sent now, as jupyter_client's async client does: the msg_id comes back
+        # at once (awaitable too), the reply only if asked for (a coroutine).
         msg_id, fut = self._send(channel, msg_type, content, expect_reply=reply)
         if fut is None:
-            return msg_id
-        if msg_type != "execute_request":
-            # The caller takes the reply directly; the busy/idle status this
-            # request causes on iopub would only pile up unread in the queue.
-            self._listeners[msg_id] = _ignore
-            try:
-                return await self._await_reply(msg_id, fut, timeout)
-            finally:
-                self._release_listener(msg_id)
-        return await self._await_reply(msg_id, fut, timeout)
+            return MsgId(msg_id)
+        return self._reply(msg_id, fut, timeout, swallow_status=msg_type != "execute_request")
+
+    async def _reply(
+        self,
+        msg_id: str,
+        fut: asyncio.Future[Message],
+        timeout: float | None,
+        swallow_status: bool,
+    ) -> Message:
+        if not swallow_status:
+            return await self._await_reply(msg_id, fut, timeout)
+        # The caller takes the reply directly; the busy/idle status this
+        # request causes on iopub would only pile up unread in the queue.
+        self._listeners[msg_id] = _ignore
+        try:
+            return await self._await_reply(msg_id, fut, timeout)
+        finally:
+            self._release_listener(msg_id)
 
     async def _await_reply(
         self, msg_id: str, fut: asyncio.Future[Message], timeout: float | None
@@ -512,7 +538,7 @@ class AsyncKernelClient:
         finally:
             self._replies.pop(msg_id, None)
 
-    async def execute(
+    def execute(
         self,
         code: str,
         silent: bool = False,
@@ -533,13 +559,13 @@ class AsyncKernelClient:
             "allow_stdin": self.allow_stdin if allow_stdin is None else allow_stdin,
             "stop_on_error": stop_on_error,
         }
-        return await self._request(self.shell_channel, "execute_request", content, reply, timeout)
+        return self._request(self.shell_channel, "execute_request", content, reply, timeout)
 
-    async def kernel_info(self, *, reply: bool = False, timeout: float | None = None) -> Any:
+    def kernel_info(self, *, reply: bool = False, timeout: float | None = None) -> Any:
         """Ask for the kernel's info."""
-        return await self._request(self.shell_channel, "kernel_info_request", {}, reply, timeout)
+        return self._request(self.shell_channel, "kernel_info_request", {}, reply, timeout)
 
-    async def complete(
+    def complete(
         self,
         code: str,
         cursor_pos: int | None = None,
@@ -549,7 +575,7 @@ class AsyncKernelClient:
     ) -> Any:
         """Ask for completions at ``cursor_pos`` (default: end of code)."""
         pos = len(code) if cursor_pos is None else cursor_pos
-        return await self._request(
+        return self._request(
             self.shell_channel,
             "complete_request",
             {"code": code, "cursor_pos": pos},
@@ -557,7 +583,7 @@ class AsyncKernelClient:
             timeout,
         )
 
-    async def inspect(
+    def inspect(
         self,
         code: str,
         cursor_pos: int | None = None,
@@ -569,9 +595,9 @@ class AsyncKernelClient:
         """Ask for information about the object at ``cursor_pos``."""
         pos = len(code) if cursor_pos is None else cursor_pos
         content = {"code": code, "cursor_pos": pos, "detail_level": detail_level}
-        return await self._request(self.shell_channel, "inspect_request", content, reply, timeout)
+        return self._request(self.shell_channel, "inspect_request", content, reply, timeout)
 
-    async def history(
+    def history(
         self,
         raw: bool = True,
         output: bool = False,
@@ -586,28 +612,26 @@ class AsyncKernelClient:
             kwargs.setdefault("session", 0)
             kwargs.setdefault("start", 0)
         content = {"raw": raw, "output": output, "hist_access_type": hist_access_type, **kwargs}
-        return await self._request(self.shell_channel, "history_request", content, reply, timeout)
+        return self._request(self.shell_channel, "history_request", content, reply, timeout)
 
-    async def is_complete(
-        self, code: str, *, reply: bool = False, timeout: float | None = None
-    ) -> Any:
+    def is_complete(self, code: str, *, reply: bool = False, timeout: float | None = None) -> Any:
         """Ask whether ``code`` is a complete statement."""
-        return await self._request(
+        return self._request(
             self.shell_channel, "is_complete_request", {"code": code}, reply, timeout
         )
 
-    async def comm_info(
+    def comm_info(
         self, target_name: str | None = None, *, reply: bool = False, timeout: float | None = None
     ) -> Any:
         """Ask for the open comms (of ``target_name``)."""
         content = {} if target_name is None else {"target_name": target_name}
-        return await self._request(self.shell_channel, "comm_info_request", content, reply, timeout)
+        return self._request(self.shell_channel, "comm_info_request", content, reply, timeout)
 
-    async def shutdown(
+    def shutdown(
         self, restart: bool = False, *, reply: bool = False, timeout: float | None = None
     ) -> Any:
         """Ask the kernel to shut down, on the control channel."""
-        return await self._request(
+        return self._request(
             self.control_channel, "shutdown_request", {"restart": restart}, reply, timeout
         )
 

@@ -180,6 +180,7 @@ class AsyncKernelManager:
         self._listeners: list[Callable[[KernelEvent], Any]] = []
         self._control: AsyncKernelClient | None = None
         self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.restarter = KernelRestarter(self, restart_limit=restart_limit)
         self.restarter.enabled = autorestart
         self._current = _CurrentProcess(self)
@@ -293,9 +294,24 @@ class AsyncKernelManager:
         return cmd + list(extra_arguments or self._launch_kw.get("extra_arguments") or ())
 
     def _get_lock(self) -> asyncio.Lock:
+        self._check_loop()
         if self._lock is None:
             self._lock = asyncio.Lock()
         return self._lock
+
+    def _check_loop(self) -> None:
+        """A running kernel is watched from the loop that started it; say so plainly
+        instead of failing obscurely when another loop drives the manager."""
+        loop = asyncio.get_running_loop()
+        if self._proc is None or self._loop is None or self._loop.is_closed():
+            if loop is not self._loop:
+                self._loop, self._lock = loop, None
+        elif loop is not self._loop:
+            raise KernelError(
+                f"{self!r} belongs to the event loop that started its kernel; call it "
+                "from that loop (or use the blocking kernelkeeper.KernelManager, which "
+                "works from any thread or loop)"
+            )
 
     async def start_kernel(self, **kw: Any) -> None:
         """Start a kernel on this host in a separate process.
@@ -397,10 +413,12 @@ class AsyncKernelManager:
 
     async def is_alive(self) -> bool:
         """Is the kernel process still running?"""
+        self._check_loop()
         return self._proc is not None and await self._proc.is_alive()
 
     async def signal_kernel(self, signum: int) -> None:
         """Send ``signum`` to the kernel's process group (the kernel and its children)."""
+        self._check_loop()
         if self._proc is None:
             raise NotRunningError("Cannot signal kernel: no kernel is running")
         await self._proc.signal(signum)
@@ -418,6 +436,7 @@ class AsyncKernelManager:
 
     async def request_shutdown(self, restart: bool = False) -> None:
         """Send a shutdown_request on the control channel (does not wait)."""
+        self._check_loop()
         if self._proc is None or self.connection_info is None:
             return
         self._stopping = True
