@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import psutil
+
+from kernelkeeper import KernelEvent, KernelState
 
 T = TypeVar("T")
 
@@ -36,3 +44,79 @@ def kernel_script(name: str) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"no test kernel script {path}")
     return str(path)
+
+
+class Recorder:
+    """A thread-safe lifecycle event listener one can wait on."""
+
+    def __init__(self) -> None:
+        self.events: list[KernelEvent] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, event: KernelEvent) -> None:
+        with self._cond:
+            self.events.append(event)
+            self._cond.notify_all()
+
+    def kinds(self) -> list[str]:
+        with self._cond:
+            return [e.kind for e in self.events]
+
+    def states(self) -> list[KernelState]:
+        with self._cond:
+            return [e.state for e in self.events if e.kind == "state"]
+
+    async def wait(self, pred: Callable[[list[KernelEvent]], Any], timeout: float = 30.0) -> Any:
+        """Wait until ``pred(events)`` is truthy and return its value."""
+
+        def block() -> Any:
+            with self._cond:
+                result = self._cond.wait_for(lambda: pred(list(self.events)), timeout)
+            if not result:
+                raise TimeoutError(f"no matching event within {timeout} s: {self.kinds()}")
+            return result
+
+        return await asyncio.to_thread(block)
+
+    async def wait_kind(self, kind: str, timeout: float = 30.0) -> KernelEvent:
+        """Wait for the first event of ``kind``."""
+        return await self.wait(lambda evs: find(evs, kind), timeout)  # type: ignore[no-any-return]
+
+
+def find(events: Iterable[KernelEvent], kind: str, **detail: Any) -> KernelEvent | None:
+    """The first event of ``kind`` whose detail matches ``detail``."""
+    for e in events:
+        if e.kind == kind and all(e.detail.get(k) == v for k, v in detail.items()):
+            return e
+    return None
+
+
+def is_dead(p: psutil.Process) -> bool:
+    try:
+        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_gone(procs: list[psutil.Process], timeout: float = 10.0, reap: bool = False) -> None:
+    """Wait until every process has exited (a zombie counts as exited).
+
+    With ``reap=True``, then reap those that were orphaned to us (the suite is
+    a subreaper); never pass kernels then: only their manager may reap them.
+    Not psutil.wait_procs: it reaps, and it never sees a zombie as gone.
+    """
+    deadline = time.monotonic() + timeout
+    while not all(is_dead(p) for p in procs):
+        alive = [p.pid for p in procs if not is_dead(p)]
+        assert time.monotonic() < deadline, f"still running after {timeout} s: {alive}"
+        time.sleep(0.02)
+    for p in procs if reap else ():
+        with contextlib.suppress(psutil.Error, ChildProcessError):
+            if p.is_running() and p.ppid() == os.getpid():
+                os.waitpid(p.pid, os.WNOHANG)
+
+
+async def assert_gone(
+    procs: list[psutil.Process], timeout: float = 10.0, reap: bool = False
+) -> None:
+    await asyncio.to_thread(wait_gone, procs, timeout, reap)

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,9 @@ import psutil
 import pytest
 
 import kernelkeeper
+from helpers import Recorder, assert_gone, find, wait_gone
 from kernelkeeper import (
     AsyncKernelManager,
-    KernelEvent,
     KernelState,
     NotRunningError,
     subproc,
@@ -116,44 +116,6 @@ class SyncKM(_Awaitable):
         kc = self._obj.client(**kwargs)
         assert isinstance(kc, kernelkeeper.BlockingKernelClient)
         return SyncKC(kc)
-
-
-class Recorder:
-    """A thread-safe event listener one can wait on."""
-
-    def __init__(self) -> None:
-        self.events: list[KernelEvent] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, event: KernelEvent) -> None:
-        with self._cond:
-            self.events.append(event)
-            self._cond.notify_all()
-
-    def kinds(self) -> list[str]:
-        with self._cond:
-            return [e.kind for e in self.events]
-
-    def states(self) -> list[KernelState]:
-        with self._cond:
-            return [e.state for e in self.events if e.kind == "state"]
-
-    async def wait(self, pred: Callable[[list[KernelEvent]], Any], timeout: float = REPLY) -> Any:
-        def block() -> Any:
-            with self._cond:
-                result = self._cond.wait_for(lambda: pred(list(self.events)), timeout)
-            if not result:
-                raise TimeoutError(f"no matching event within {timeout} s: {self.kinds()}")
-            return result
-
-        return await asyncio.to_thread(block)
-
-
-def find(events: Iterable[KernelEvent], kind: str, **detail: Any) -> KernelEvent | None:
-    for e in events:
-        if e.kind == kind and all(e.detail.get(k) == v for k, v in detail.items()):
-            return e
-    return None
 
 
 @pytest.fixture(params=["sync", "async"])
@@ -258,30 +220,6 @@ async def spawn_sleeper(kc: Any) -> psutil.Process:
     )
     assert res.status == "ok", res.error
     return psutil.Process(int(res.stdout.strip()))
-
-
-def _dead(p: psutil.Process) -> bool:
-    try:
-        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_gone(procs: list[psutil.Process], timeout: float = 10.0) -> None:
-    """Wait until every process has exited (a zombie counts as exited).
-
-    Not psutil.wait_procs: it reaps our own children, and kernels are ours to
-    reap by their manager only; and it never sees a zombie as gone.
-    """
-    deadline = time.monotonic() + timeout
-    while not all(_dead(p) for p in procs):
-        alive = [p.pid for p in procs if not _dead(p)]
-        assert time.monotonic() < deadline, f"still running after {timeout} s: {alive}"
-        time.sleep(0.02)
-
-
-async def assert_gone(procs: list[psutil.Process], timeout: float = 10.0) -> None:
-    await asyncio.to_thread(wait_gone, procs, timeout)
 
 
 def exists(path: str | os.PathLike[str]) -> bool:

@@ -10,12 +10,10 @@ leaving nothing behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,10 +23,10 @@ import psutil
 import pytest
 
 import kernelkeeper
+from helpers import Recorder, assert_gone
 from kernelkeeper import (
     AsyncKernelManager,
     KernelDiedError,
-    KernelEvent,
     KernelSpecError,
     KernelStartError,
     KernelState,
@@ -40,56 +38,6 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals a
 
 READY = 60.0
 WAIT = 1.0  # shutdown_wait_time for the escalation tests
-
-
-class Recorder:
-    """A thread-safe lifecycle event listener one can wait on."""
-
-    def __init__(self) -> None:
-        self.events: list[KernelEvent] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, event: KernelEvent) -> None:
-        with self._cond:
-            self.events.append(event)
-            self._cond.notify_all()
-
-    async def wait_kind(self, kind: str, timeout: float = 30.0) -> KernelEvent:
-        def block() -> KernelEvent | None:
-            with self._cond:
-                return self._cond.wait_for(
-                    lambda: next((e for e in self.events if e.kind == kind), None), timeout
-                )
-
-        event = await asyncio.to_thread(block)
-        if event is None:
-            raise TimeoutError(f"no {kind!r} event within {timeout} s")
-        return event
-
-
-def _dead(p: psutil.Process) -> bool:
-    try:
-        return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_gone(procs: list[psutil.Process], timeout: float = 10.0) -> None:
-    """Wait until every process has exited (zombies count), then reap the ones
-    that were orphaned to us. Never used on kernels: their manager reaps them."""
-    deadline = time.monotonic() + timeout
-    while not all(_dead(p) for p in procs):
-        alive = [p.pid for p in procs if not _dead(p)]
-        assert time.monotonic() < deadline, f"still running after {timeout} s: {alive}"
-        time.sleep(0.02)
-    for p in procs:
-        with contextlib.suppress(psutil.Error, ChildProcessError):
-            if p.is_running() and p.ppid() == os.getpid():
-                os.waitpid(p.pid, os.WNOHANG)
-
-
-async def assert_gone(procs: list[psutil.Process], timeout: float = 10.0) -> None:
-    await asyncio.to_thread(wait_gone, procs, timeout)
 
 
 def read_children(path: Path, timeout: float = READY) -> list[psutil.Process]:
@@ -234,7 +182,7 @@ async def test_shutdown_kills_children(managers: Any, children_kernel: tuple[str
     proc = km.process
     await km.shutdown_kernel()
     assert proc.exit_code == 0  # the kernel left on request, leaving its children
-    await assert_gone(children, timeout=5)
+    await assert_gone(children, timeout=5, reap=True)
 
 
 async def test_restart_kills_old_children(managers: Any, children_kernel: tuple[str, Path]) -> None:
@@ -245,14 +193,14 @@ async def test_restart_kills_old_children(managers: Any, children_kernel: tuple[
     old_children = read_children(pids)
     for now in (False, True):
         await km.restart_kernel(now=now)
-        await assert_gone(old_children, timeout=5)
+        await assert_gone(old_children, timeout=5, reap=True)
         await km.wait_ready(READY)  # by now the new kernel has rewritten the file
         children = read_children(pids)
         assert not {c.pid for c in children} & {c.pid for c in old_children}
         assert all(c.is_running() and c.ppid() == km.process.pid for c in children)
         old_children = children
     await km.shutdown_kernel(now=True)
-    await assert_gone(old_children, timeout=5)
+    await assert_gone(old_children, timeout=5, reap=True)
 
 
 async def test_group_dies_with_the_kernel(
@@ -271,7 +219,7 @@ async def test_group_dies_with_the_kernel(
     assert died.detail["exit_code"] == -signal.SIGKILL
     assert km.state is KernelState.DEAD
     assert not await km.is_alive()
-    await assert_gone(children, timeout=5)
+    await assert_gone(children, timeout=5, reap=True)
     await km.shutdown_kernel()
     assert not km.has_kernel
     assert runtime_files(isolated_runtime) == []
