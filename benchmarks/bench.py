@@ -224,6 +224,44 @@ def render_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def kk_source() -> dict[str, str]:
+    """Which kernelkeeper the children import: a digest of its source files and,
+    in a git checkout, the commit (``+dirty`` with uncommitted changes in it).
+
+    Every child imports kernelkeeper afresh, so an edit during a run would mix
+    two versions in one table; main() compares the digest at the start and end.
+    """
+    import hashlib
+    import importlib.util
+
+    spec = importlib.util.find_spec("kernelkeeper")
+    if spec is None or not spec.submodule_search_locations:
+        return {"digest": "?", "commit": "?"}
+    pkg = next(iter(spec.submodule_search_locations))
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(pkg)):
+        if name.endswith(".py"):
+            with open(os.path.join(pkg, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    commit = "not a git checkout"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        rev = subprocess.run(
+            ["git", "-C", pkg, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if rev.returncode == 0:
+            dirty = subprocess.run(
+                ["git", "-C", pkg, "status", "--porcelain", "--", "."],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            commit = rev.stdout.strip() + ("+dirty" if dirty else "")
+    return {"digest": h.hexdigest()[:12], "commit": commit}
+
+
 def machine_info() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -245,6 +283,7 @@ def machine_info() -> dict[str, Any]:
         "ram_gib": round(vm.total / 2**30, 1),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "kernelkeeper": v("kernelkeeper"),
+        "kernelkeeper_source": kk_source(),
         "jupyter_client": v("jupyter_client"),
         "ipykernel": v("ipykernel"),
         "pyzmq": v("pyzmq"),
@@ -1616,7 +1655,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cores += f" ({info['cpu_affinity']} usable)"
     print(f"- cores: {cores}; RAM: {info['ram_gib']} GiB; {info['platform']}")
     print(
-        f"- python {info['python']}; kernelkeeper {info['kernelkeeper']}; "
+        f"- python {info['python']}; kernelkeeper {info['kernelkeeper']} "
+        f"(commit {info['kernelkeeper_source']['commit']}, "
+        f"source {info['kernelkeeper_source']['digest']}); "
         f"jupyter_client {info['jupyter_client']}; ipykernel {info['ipykernel']}; "
         f"pyzmq {info['pyzmq']} (libzmq {info['libzmq']})"
     )
@@ -1680,6 +1721,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
 
     elapsed = time.perf_counter() - t_start
+    src_end = kk_source()
+    if src_end["digest"] != info["kernelkeeper_source"]["digest"]:
+        errors.append(
+            f"kernelkeeper's source changed during the run (source "
+            f"{info['kernelkeeper_source']['digest']} -> {src_end['digest']}, "
+            f"commit {src_end['commit']} at the end): the figures mix two versions"
+        )
     print("## Results (kk = kernelkeeper, jc = jupyter_client; times in ms)\n")
     print(render_table(rows))
     print()
