@@ -76,3 +76,31 @@ def test_async_manager_refuses_a_foreign_loop(tmp_path: Path) -> None:
     finally:
         run_sync(km.shutdown_kernel)()
     assert not km.has_kernel
+
+
+def test_async_client_sends_with_no_event_loop_current() -> None:
+    """papermill calls kc.kernel_info() outside any running loop: the request goes out."""
+
+    async def ready(kc: kernelkeeper.AsyncKernelClient) -> None:
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=60)
+
+    async def reply_to(kc: kernelkeeper.AsyncKernelClient, msg_id: str) -> dict[str, Any]:
+        while True:
+            msg = await kc.get_shell_msg(timeout=30)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg
+
+    km = kernelkeeper.AsyncKernelManager("python3")
+    run_sync(km.start_kernel)()
+    kc = km.client()
+    try:
+        run_sync(ready)(kc)
+        asyncio.set_event_loop(None)  # no current loop in this thread, none running
+        msg_id = kc.kernel_info()
+        assert isinstance(msg_id, str)
+        reply = run_sync(reply_to)(kc, msg_id)
+        assert reply["msg_type"] == "kernel_info_reply"
+    finally:
+        run_sync(kc.aclose)()
+        run_sync(km.shutdown_kernel)()
