@@ -97,8 +97,7 @@ class Channel(_TaskOwner):
         self.client = client
         self.name = name
         self.socket: zmq.asyncio.Socket | None = None
-        # A plain view of the same zmq socket, for sending without a running loop.
-        self._sync_socket: zmq.Socket[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.queue: asyncio.Queue[Message] = asyncio.Queue()
         #: Messages dropped because nobody read the queue (oldest go first).
         self.overflowed = 0
@@ -127,16 +126,13 @@ class Channel(_TaskOwner):
             sock.setsockopt(zmq.IDENTITY, self.client.session.bsession)
         sock.connect(self.client.connection_info.url(self.name))
         self.socket = sock
-        self._sync_socket = zmq.Socket.shadow(sock.underlying)
-        self._task = asyncio.get_running_loop().create_task(
-            self._receive(sock), name=f"kk-{self.name}"
-        )
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._receive(sock), name=f"kk-{self.name}")
 
     def stop(self) -> None:
         """Cancel the receive task and close the socket (no await needed)."""
         super().stop()
         sock, self.socket = self.socket, None
-        self._sync_socket = None
         if sock is not None:
             sock.close()
 
@@ -181,15 +177,23 @@ class Channel(_TaskOwner):
         if self.socket is None:
             raise NotRunningError(f"The {self.name} channel is not running")
         frames = self.client.session.serialize(msg)
-        # Sent at once and never blocking: jupyter_client-style callers send
-        # outside any running loop (papermill calls kernel_info() so), and a
-        # blocking send could stall the loop for good on a peer that never came.
-        assert self._sync_socket is not None
         try:
-            self._sync_socket.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.Again:
-            # Past the high-water mark: queue it on the event loop instead.
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is self._loop:
             self.socket.send_multipart(frames)
+        else:
+            # Called outside the socket's loop (papermill calls kernel_info()
+            # with no loop running): the socket is that loop's alone, so the
+            # send goes out, in order, as soon as the loop runs.
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._send_frames, self.socket, frames)
+
+    @staticmethod
+    def _send_frames(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
+        if not sock.closed:
+            sock.send_multipart(frames)
 
     async def get_msg(self, timeout: float | None = None) -> Message:
         """The next queued message; :class:`queue.Empty` after ``timeout`` seconds."""
