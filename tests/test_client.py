@@ -29,6 +29,7 @@ from kernelkeeper import (
     BlockingKernelClient,
     KernelManager,
     KernelTimeoutError,
+    async_start_new_kernel,
     start_new_kernel,
 )
 
@@ -161,12 +162,8 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def akernel(transport: str) -> AsyncIterator[tuple[AsyncKernelManager, AsyncKernelClient]]:
-    km = AsyncKernelManager(transport=transport)
-    await km.start_kernel(startup_timeout=READY)
-    kc = km.client()
+    km, kc = await async_start_new_kernel(startup_timeout=READY, transport=transport)
     try:
-        kc.start_channels()
-        await kc.wait_for_ready(timeout=READY)
         yield km, kc
     finally:
         await kc.aclose()
@@ -658,12 +655,8 @@ async def test_async_wait_for_ready_first_output_not_lost(transport: str) -> Non
     """Five fresh kernels started together: each one's very first output arrives."""
 
     async def one(i: int) -> str:
-        km = AsyncKernelManager(transport=transport)
-        await km.start_kernel(startup_timeout=READY)
-        kc = km.client()
+        km, kc = await async_start_new_kernel(startup_timeout=READY, transport=transport)
         try:
-            kc.start_channels()
-            await kc.wait_for_ready(timeout=READY)
             msg_id = await kc.execute(f"print('first {i}')")
             return stream_text(await a_iopub_until(kc, msg_id, is_idle))
         finally:
