@@ -12,14 +12,17 @@ from .blocking import BlockingKernelClient, KernelManager, run_kernel, start_new
 from .client import AsyncKernelClient, CellResult
 from .connection import ConnectionInfo, write_connection_file
 from .errors import (
+    ConnectionFileError,
     KernelDiedError,
     KernelError,
     KernelSpecError,
     KernelStartError,
     KernelTimeoutError,
+    LifecycleError,
     MessageError,
     NoSuchKernel,
     NotRunningError,
+    RuntimeDirError,
 )
 from .finder import IPykernelProvider, KernelFinder, KernelProvider, KernelSpecProvider
 from .kernelspec import KernelSpec, find_kernel_specs, get_kernel_spec
@@ -41,6 +44,7 @@ __all__ = [
     "AsyncKernelManager",
     "BlockingKernelClient",
     "CellResult",
+    "ConnectionFileError",
     "ConnectionInfo",
     "IPykernelProvider",
     "KernelDiedError",
@@ -56,9 +60,11 @@ __all__ = [
     "KernelStartError",
     "KernelState",
     "KernelTimeoutError",
+    "LifecycleError",
     "MessageError",
     "NoSuchKernel",
     "NotRunningError",
+    "RuntimeDirError",
     "Session",
     "__version__",
     "async_run_kernel",

@@ -9,15 +9,20 @@ working for code that knows nothing of kernelkeeper.
 
 from __future__ import annotations
 
+import signal as _signal
+
 __all__ = [
+    "ConnectionFileError",
     "KernelDiedError",
     "KernelError",
     "KernelSpecError",
     "KernelStartError",
     "KernelTimeoutError",
+    "LifecycleError",
     "MessageError",
     "NoSuchKernel",
     "NotRunningError",
+    "RuntimeDirError",
 ]
 
 
@@ -60,8 +65,12 @@ class KernelDiedError(KernelStartError):
     def __init__(self, message: str, exit_code: int | None = None, stderr_tail: str = "") -> None:
         self.exit_code = exit_code
         self.stderr_tail = stderr_tail
+        #: The signal that killed the kernel (from a negative exit code), else None.
+        self.signal: int | None = -exit_code if exit_code is not None and exit_code < 0 else None
         full = message
-        if exit_code is not None:
+        if self.signal is not None:
+            full += f" (killed by {_signal_name(self.signal)})"
+        elif exit_code is not None:
             full += f" (exit code {exit_code})"
         if stderr_tail.strip():
             full += "\n--- kernel stderr (tail) ---\n" + stderr_tail.rstrip()
@@ -78,3 +87,35 @@ class NotRunningError(KernelError, RuntimeError):
 
 class MessageError(KernelError, ValueError):
     """A wire message that cannot be parsed or whose signature does not verify."""
+
+
+class LifecycleError(KernelError, RuntimeError):
+    """A lifecycle call that does not fit the kernel's state (start on a running kernel, ...)."""
+
+
+class ConnectionFileError(KernelError, ValueError):
+    """A connection file that cannot be used; names the file and the offending field."""
+
+    def __init__(self, message: str, path: str | None = None, field: str | None = None) -> None:
+        where = f" ({path})" if path else ""
+        super().__init__(f"{message}{where}")
+        self.path = path
+        self.field = field
+
+
+class RuntimeDirError(KernelError, OSError):
+    """Jupyter's runtime directory cannot be used (a file, unwritable, ...).
+
+    The message names the path and the environment variable that moves it.
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return _signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
