@@ -64,12 +64,23 @@ class ConnectionInfo:
     key: bytes = dataclasses.field(default=b"", repr=False)
     signature_scheme: str = "hmac-sha256"
     kernel_name: str = ""
+    #: CurveZMQ keypair of the kernel (Z85 bytes), when transport encryption is on.
+    #: The same fields jupyter_client 8.10 and ipykernel 7.4 use.
+    curve_publickey: bytes | None = dataclasses.field(default=None, repr=False)
+    curve_secretkey: bytes | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.transport not in ("tcp", "ipc"):
             raise KernelError(f"Unknown transport {self.transport!r} (expected 'tcp' or 'ipc')")
-        if isinstance(self.key, str):
-            object.__setattr__(self, "key", self.key.encode("ascii"))
+        for name in ("key", "curve_publickey", "curve_secretkey"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, value.encode("ascii"))
+
+    @property
+    def encrypted(self) -> bool:
+        """Does the kernel use CurveZMQ transport encryption?"""
+        return bool(self.curve_publickey and self.curve_secretkey)
 
     @property
     def ports(self) -> dict[str, int]:
@@ -103,6 +114,10 @@ class ConnectionInfo:
         """The connection-file form (key as text), as jupyter_client writes it."""
         d = dataclasses.asdict(self)
         d["key"] = self.key.decode("ascii")
+        for name in ("curve_publickey", "curve_secretkey"):
+            value = d.pop(name)
+            if value is not None and self.encrypted:
+                d[name] = value.decode("ascii")
         return d
 
     @classmethod
@@ -113,9 +128,6 @@ class ConnectionInfo:
         for ch in CHANNELS:
             if f"{ch}_port" in kwargs:
                 kwargs[f"{ch}_port"] = int(kwargs[f"{ch}_port"])
-        key = kwargs.get("key", b"")
-        if isinstance(key, str):
-            kwargs["key"] = key.encode("ascii")
         return cls(**kwargs)
 
     @classmethod

@@ -27,7 +27,7 @@ from .errors import KernelError, NotRunningError
 from .finder import KernelFinder
 from .kernelspec import KernelSpec
 from .launch import launch_kernel, uses_handshake
-from .managerabc import KernelManagerABC
+from .procview import CurrentProcess
 from .restarter import KernelRestarter
 from .session import Message
 from .subproc import KernelManager as ProcessManager
@@ -90,54 +90,6 @@ class KernelEvent:
     time: float = dataclasses.field(default_factory=time.time)
 
 
-class _CurrentProcess(KernelManagerABC):
-    """The process of whatever kernel the lifecycle manager runs now.
-
-    Clients hold this rather than a process manager, so they keep working
-    across restarts (same ports, new process).
-    """
-
-    def __init__(self, km: AsyncKernelManager) -> None:
-        self._km = km
-
-    @property
-    def kernel_id(self) -> str | None:  # type: ignore[override]
-        return self._km.kernel_id
-
-    def _p(self) -> ProcessManager | None:
-        return self._km._proc
-
-    async def is_alive(self) -> bool:
-        p = self._p()
-        return p is not None and await p.is_alive()
-
-    async def wait(self) -> bool:
-        p = self._p()
-        return False if p is None else await p.wait()
-
-    async def signal(self, signum: int) -> None:
-        p = self._p()
-        if p is not None:
-            await p.signal(signum)
-
-    async def interrupt(self) -> None:
-        await self._km.interrupt_kernel()
-
-    async def kill(self) -> None:
-        p = self._p()
-        if p is not None:
-            await p.kill()
-
-    @property
-    def exit_code(self) -> int | None:
-        p = self._p()
-        return None if p is None else p.exit_code
-
-    def stderr_tail(self) -> str:
-        p = self._p()
-        return "" if p is None else p.stderr_tail()
-
-
 class AsyncKernelManager:
     """Manages a single kernel in a subprocess on this host (async API).
 
@@ -183,7 +135,9 @@ class AsyncKernelManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.restarter = KernelRestarter(self, restart_limit=restart_limit)
         self.restarter.enabled = autorestart
-        self._current = _CurrentProcess(self)
+        self._current = CurrentProcess(
+            lambda: self._proc, lambda: self.kernel_id, self.interrupt_kernel
+        )
 
     def __repr__(self) -> str:
         name = self.kernel_name or "python3"
@@ -353,6 +307,7 @@ class AsyncKernelManager:
             raise
         self.connection_info = info
         self._proc = proc
+        self._current.process_changed()
         self._set_state(KernelState.STARTING)
         self._emit("restarted" if reuse else "started", pid=proc.pid)
         self.restarter.watch()
@@ -486,6 +441,7 @@ class AsyncKernelManager:
             proc.files_to_cleanup = [p for p in proc.files_to_cleanup if p != self.connection_file]
         await proc.cleanup()
         self._proc = None
+        self._current.process_changed()
 
     async def shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
         """Attempt to stop the kernel process cleanly.
