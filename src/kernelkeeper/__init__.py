@@ -12,6 +12,7 @@ from .blocking import BlockingKernelClient, KernelManager, run_kernel, start_new
 from .client import AsyncKernelClient, CellResult
 from .connection import ConnectionInfo, write_connection_file
 from .errors import (
+    ConfigurationError,
     ConnectionFileError,
     KernelDiedError,
     KernelError,
@@ -44,6 +45,7 @@ __all__ = [
     "AsyncKernelManager",
     "BlockingKernelClient",
     "CellResult",
+    "ConfigurationError",
     "ConnectionFileError",
     "ConnectionInfo",
     "IPykernelProvider",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import signal as _signal
 
 __all__ = [
+    "ConfigurationError",
     "ConnectionFileError",
     "KernelDiedError",
     "KernelError",
@@ -91,6 +92,10 @@ class MessageError(KernelError, ValueError):
 
 class LifecycleError(KernelError, RuntimeError):
     """A lifecycle call that does not fit the kernel's state (start on a running kernel, ...)."""
+
+
+class ConfigurationError(KernelError, ValueError):
+    """An option with a value that cannot work (an unknown policy, a bad combination)."""
 
 
 class ConnectionFileError(KernelError, ValueError):
