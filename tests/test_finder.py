@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -45,7 +46,7 @@ def install(kernels: Path, name: str, content: Any) -> Path:
     return d
 
 
-def spec_json(display_name: str, argv0: str = "k") -> dict[str, Any]:
+def spec_json(display_name: str, argv0: str = "python3") -> dict[str, Any]:
     return {"argv": [argv0, "-f", "{connection_file}"], "display_name": display_name}
 
 
@@ -91,9 +92,48 @@ def test_ipykernel_provider() -> None:
     assert spec.argv == (sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}")
     assert spec.display_name == "Python 3 (ipykernel)"
     assert spec.language == "python"
-    assert dict(spec.metadata) == {"debugger": True}
+    # ipykernel 7.4+ reads CurveZMQ keys from its connection file.
+    curve = finder._release(importlib.metadata.version("ipykernel")) >= (7, 4)
+    expected: dict[str, Any] = {"debugger": True}
+    if curve:
+        expected["supported_encryption"] = ["curve"]
+    assert dict(spec.metadata) == expected
     assert spec.name == "python3"
     assert spec.format_argv("/c.json")[-1] == "/c.json"
+
+
+@pytest.mark.parametrize(
+    ("version", "curve"),
+    [
+        ("7.4.0", True),
+        ("7.10.1", True),
+        ("8.0", True),
+        ("7.4.0rc1", True),
+        ("7.3.9", False),
+        ("6.29.5", False),
+        ("7", False),
+        ("garbage", False),
+    ],
+)
+def test_pyimport_declares_curve_by_ipykernel_version(
+    monkeypatch: pytest.MonkeyPatch, version: str, curve: bool
+) -> None:
+    # Older ipykernels cannot be installed side by side: stand in for the
+    # metadata lookup only (ipykernel itself is never imported for this).
+    real_version = importlib.metadata.version
+
+    def fake_version(name: str) -> str:
+        return version if name == "ipykernel" else real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", fake_version)
+    finder._ipykernel_supports_curve.cache_clear()
+    try:
+        meta = IPykernelProvider._spec().metadata
+        assert ("supported_encryption" in meta) is curve
+        if curve:
+            assert list(meta["supported_encryption"]) == ["curve"]
+    finally:
+        finder._ipykernel_supports_curve.cache_clear()
 
 
 def test_ipykernel_provider_without_ipykernel(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,6 +159,20 @@ def test_kernelspec_provider_lists_installed_and_skips_broken(kdir: Path) -> Non
         KernelSpecProvider().get_spec("broken")
     with pytest.raises(NoSuchKernel):
         KernelSpecProvider().get_spec("gamma")
+
+
+def test_spec_with_missing_executable_is_broken(kdir: Path) -> None:
+    bad = install(kdir, "gone", spec_json("Gone", argv0="/nonexistent/kernel-binary"))
+    install(kdir, "alpha", spec_json("Alpha"))
+    found = dict(KernelSpecProvider().find_kernels())
+    assert list(found) == ["alpha"]
+    kf = KernelFinder()
+    for kernel_type in ("spec/gone", "gone"):
+        with pytest.raises(KernelSpecError) as info:
+            kf.get_spec(kernel_type)
+        assert not isinstance(info.value, NoSuchKernel)
+        assert info.value.path == str(bad / "kernel.json")
+        assert "/nonexistent/kernel-binary" in str(info.value)
 
 
 def test_default_get_spec_is_case_insensitive() -> None:

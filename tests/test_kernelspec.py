@@ -26,6 +26,7 @@ from kernelkeeper.kernelspec import (
     list_kernel_specs,
     write_kernel_spec,
 )
+from privdrop import open_dir, run_as_unprivileged
 
 MINOR = sys.version_info.minor
 
@@ -318,32 +319,32 @@ def test_kernel_dirs_follows_jupyter_path(jpath: tuple[Path, Path]) -> None:
 
 def test_first_directory_wins(jpath: tuple[Path, Path]) -> None:
     high, low = jpath
-    install(high, "kk-dup", {"argv": ["high"], "display_name": "High"})
-    install(low, "kk-dup", {"argv": ["low"], "display_name": "Low"})
-    install(low, "kk-only-low", {"argv": ["low"], "display_name": "Only low"})
+    install(high, "kk-dup", {"argv": ["python3", "high"], "display_name": "High"})
+    install(low, "kk-dup", {"argv": ["python3", "low"], "display_name": "Low"})
+    install(low, "kk-only-low", {"argv": ["python3", "low"], "display_name": "Only low"})
 
     found = find_kernel_specs()
     assert found["kk-dup"] == str(high / "kernels" / "kk-dup")
     assert found["kk-only-low"] == str(low / "kernels" / "kk-only-low")
     assert get_kernel_spec("kk-dup").display_name == "High"
     specs, broken = list_kernel_specs()
-    assert specs["kk-dup"].argv == ("high",)
+    assert specs["kk-dup"].argv == ("python3", "high")
     assert broken == {}
 
 
 def test_higher_priority_broken_spec_still_shadows(jpath: tuple[Path, Path]) -> None:
     high, low = jpath
     install(high, "kk-shadow", "{broken")
-    install(low, "kk-shadow", {"argv": ["low"], "display_name": "Low"})
+    install(low, "kk-shadow", {"argv": ["python3", "low"], "display_name": "Low"})
     with pytest.raises(KernelSpecError):
         get_kernel_spec("kk-shadow")
 
 
 def test_names_are_case_insensitive_and_validated(jpath: tuple[Path, Path]) -> None:
     high, _low = jpath
-    install(high, "KK-Mixed.Case_1", {"argv": ["k"], "display_name": "Mixed"})
-    install(high, "kk bad name", {"argv": ["k"], "display_name": "Bad"})
-    install(high, "kk-\u212aelvin", {"argv": ["k"], "display_name": "Kelvin"})
+    install(high, "KK-Mixed.Case_1", {"argv": ["python3"], "display_name": "Mixed"})
+    install(high, "kk bad name", {"argv": ["python3"], "display_name": "Bad"})
+    install(high, "kk-\u212aelvin", {"argv": ["python3"], "display_name": "Kelvin"})
     (high / "kernels" / "kk-no-json").mkdir()
 
     found = find_kernel_specs()
@@ -357,7 +358,7 @@ def test_names_are_case_insensitive_and_validated(jpath: tuple[Path, Path]) -> N
 
 def test_no_such_kernel(jpath: tuple[Path, Path]) -> None:
     high, _low = jpath
-    install(high, "kk-present", {"argv": ["k"], "display_name": "Present"})
+    install(high, "kk-present", {"argv": ["python3"], "display_name": "Present"})
     with pytest.raises(LookupError) as info:
         get_kernel_spec("kk-absent")
     err = info.value
@@ -374,7 +375,7 @@ def test_no_such_kernel(jpath: tuple[Path, Path]) -> None:
         "{not json",
         json.dumps({"display_name": "no argv"}),
         json.dumps({"argv": "python -m x"}),
-        json.dumps({"argv": ["k"], "interrupt_mode": "kill"}),
+        json.dumps({"argv": ["python3"], "interrupt_mode": "kill"}),
     ],
 )
 def test_broken_specs_are_reported_and_skipped(
@@ -382,7 +383,7 @@ def test_broken_specs_are_reported_and_skipped(
 ) -> None:
     high, low = jpath
     bad = install(high, "kk-broken", content)
-    install(low, "kk-good", {"argv": ["k"], "display_name": "Good"})
+    install(low, "kk-good", {"argv": ["python3"], "display_name": "Good"})
     bad_json = str(bad / "kernel.json")
 
     with caplog.at_level(logging.WARNING, logger="kernelkeeper.kernelspec"):
@@ -415,6 +416,196 @@ def test_kernel_dirs_is_computed_per_call(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_listing_uses_patched_kernel_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    install(tmp_path, "only", {"argv": ["k"], "display_name": "Only"})
+    install(tmp_path, "only", {"argv": ["python3"], "display_name": "Only"})
     monkeypatch.setattr(kernelspec, "kernel_dirs", lambda: [str(tmp_path / "kernels")])
     assert find_kernel_specs() == {"only": str(tmp_path / "kernels" / "only")}
+
+
+# --- kernel.json files that cannot be read -------------------------------------------------
+
+
+def _assert_broken(name: str, json_path: str, fragment: str) -> None:
+    """``name`` is listed among the broken with ``fragment`` and raises KernelSpecError."""
+    specs, broken = list_kernel_specs()
+    assert name not in specs
+    assert json_path in broken, broken
+    assert fragment in str(broken[json_path])
+    with pytest.raises(KernelSpecError) as info:
+        get_kernel_spec(name)
+    assert not isinstance(info.value, NoSuchKernel)
+    assert info.value.path == json_path
+    assert json_path in str(info.value)
+    assert fragment in str(info.value)
+
+
+def test_kernel_json_fifo_is_reported_without_blocking(jpath: tuple[Path, Path]) -> None:
+    high, _low = jpath
+    d = high / "kernels" / "kk-fifo"
+    d.mkdir(parents=True)
+    os.mkfifo(d / "kernel.json")
+    # Opening a FIFO for reading blocks until a writer comes: none ever will, so
+    # this test hangs (and pytest-timeout fails it) if anything opens it plainly.
+    _assert_broken("kk-fifo", str(d / "kernel.json"), "FIFO")
+    with pytest.raises(KernelSpecError, match="FIFO"):
+        KernelSpec.from_resource_dir(d)
+
+
+def test_kernel_json_symlink_loop(jpath: tuple[Path, Path]) -> None:
+    high, _low = jpath
+    d = high / "kernels" / "kk-loop"
+    d.mkdir(parents=True)
+    os.symlink("other.json", d / "kernel.json")
+    os.symlink("kernel.json", d / "other.json")
+    _assert_broken("kk-loop", str(d / "kernel.json"), "symlink loop")
+
+
+def test_kernel_json_dangling_symlink(jpath: tuple[Path, Path]) -> None:
+    high, _low = jpath
+    d = high / "kernels" / "kk-dangling"
+    d.mkdir(parents=True)
+    os.symlink("nowhere.json", d / "kernel.json")
+    _assert_broken("kk-dangling", str(d / "kernel.json"), "dangling symlink")
+
+
+def test_kernel_json_that_is_a_directory(jpath: tuple[Path, Path]) -> None:
+    high, _low = jpath
+    d = high / "kernels" / "kk-dir"
+    (d / "kernel.json").mkdir(parents=True)
+    _assert_broken("kk-dir", str(d / "kernel.json"), "a directory")
+
+
+def test_stray_files_and_missing_dirs_stay_silent(
+    jpath: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    high, _low = jpath
+    (high / "kernels").mkdir()
+    (high / "kernels" / "README.md").write_text("not a kernel")  # a file, not a kernel dir
+    (high / "kernels" / "empty").mkdir()  # a directory without kernel.json
+    with caplog.at_level(logging.DEBUG, logger="kernelkeeper.kernelspec"):
+        found = find_kernel_specs()
+        _specs, broken = list_kernel_specs()  # the low dir has no kernels/ at all
+    assert "readme.md" not in found and "empty" not in found
+    assert not any(str(high) in p for p in broken)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# --- argv[0] that cannot be run ---------------------------------------------------------------
+
+
+def _exe(path: Path, mode: int = 0o755) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv0", "env", "fragment"),
+    [
+        ("/nonexistent/kk-kernel", {}, "'/nonexistent/kk-kernel' (argv[0]) does not exist"),
+        ("{resource_dir}/missing-exe", {}, "missing-exe"),
+        ("kk-no-such-command-anywhere", {}, "not found on PATH"),
+        # on the process's PATH, but the spec's own env PATH does not have it
+        ("sh", {"PATH": "/nonexistent-bin"}, "PATH its 'env' sets"),
+        ("NOT_EXEC", {}, "not executable"),
+        ("A_DIR", {}, "a directory"),
+        # a lone surrogate (JSON "\ud800") names no file: not a UnicodeEncodeError
+        ("/opt/\ud800", {}, "not a valid file name"),
+    ],
+)
+def test_unusable_executable_is_broken(
+    jpath: tuple[Path, Path], tmp_path: Path, argv0: str, env: dict[str, str], fragment: str
+) -> None:
+    high, _low = jpath
+    if argv0 == "NOT_EXEC":
+        argv0 = str(_exe(tmp_path / "bin" / "kk-not-exec", 0o644))
+    elif argv0 == "A_DIR":
+        argv0 = str(tmp_path)
+    d = install(
+        high, "kk-exe", {"argv": [argv0, "{connection_file}"], "display_name": "E", "env": env}
+    )
+    _assert_broken("kk-exe", str(d / "kernel.json"), fragment)
+    # Parsing stays pure: the file itself is a well-formed spec.
+    assert KernelSpec.from_resource_dir(d).argv[0] == argv0
+
+
+def test_usable_executables(jpath: tuple[Path, Path], tmp_path: Path) -> None:
+    high, _low = jpath
+    bindir = tmp_path / "mybin"
+    _exe(bindir / "kk-private-kernel")
+    install(high, "kk-abs", {"argv": [sys.executable, "-m", "x"], "display_name": "Abs"})
+    install(high, "kk-python", {"argv": ["python", "-m", "x"], "display_name": "Python"})
+    install(high, "kk-onpath", {"argv": ["sh", "-c", "x"], "display_name": "Sh"})
+    install(
+        high,
+        "kk-envpath",
+        {
+            "argv": ["kk-private-kernel"],
+            "display_name": "Env",
+            "env": {"PATH": f"{bindir}:${{PATH}}"},
+        },
+    )
+    rd = high / "kernels" / "kk-resource"
+    _exe(rd / "run.sh")
+    (rd / "kernel.json").write_text(
+        json.dumps({"argv": ["{resource_dir}/run.sh"], "display_name": "R"})
+    )
+    specs, broken = list_kernel_specs()
+    assert {"kk-abs", "kk-python", "kk-onpath", "kk-envpath", "kk-resource"} <= set(specs)
+    assert not [p for p in broken if str(high) in p], broken
+    assert get_kernel_spec("kk-envpath").argv == ("kk-private-kernel",)
+
+
+# --- permissions (root ignores chmod: checked as an unprivileged user) --------------------
+
+__all__ = ["open_dir"]  # a fixture, used by name
+
+
+def test_unreadable_specs_and_unlistable_dirs(open_dir: Path) -> None:
+    kernels = open_dir / "kernels"
+    # /bin/sh: our interpreter may live under /root, out of nobody's reach.
+    good = install(open_dir, "kk-good", {"argv": ["/bin/sh"], "display_name": "Good"})
+    unreadable = install(open_dir, "kk-unreadable", {"argv": ["python3"], "display_name": "U"})
+    locked = install(open_dir, "kk-locked", {"argv": ["python3"], "display_name": "L"})
+    hidden = open_dir / "hidden" / "kernels"
+    install(open_dir / "hidden", "kk-hidden", {"argv": ["python3"], "display_name": "H"})
+    missing = open_dir / "missing" / "kernels"
+    (unreadable / "kernel.json").chmod(0o000)
+    locked.chmod(0o000)  # kernel.json cannot even be looked up inside
+    hidden.chmod(0o000)  # the whole search directory cannot be listed
+    kernels.chmod(0o755)
+    dirs = [str(kernels), str(hidden), str(missing)]
+    out = run_as_unprivileged(
+        f"ks.kernel_dirs = lambda: {dirs!r}\n"
+        "good, broken = ks.list_kernel_specs()\n"
+        "ks.list_kernel_specs()\n"  # the second listing must not log again
+        "out['good'] = sorted(good)\n"
+        "out['broken'] = {p: [type(e).__name__, e.path, str(e)] for p, e in broken.items()}\n"
+        "out['by_name'] = {}\n"
+        "for name in ('kk-unreadable', 'kk-locked'):\n"
+        "    try:\n"
+        "        ks.get_kernel_spec(name)\n"
+        "    except ks.KernelSpecError as e:\n"
+        "        out['by_name'][name] = [e.path, str(e)]\n"
+        "out['found'] = sorted(ks.find_kernel_specs())\n",
+        {},
+    )
+    assert out["good"] == ["kk-good"]
+    assert good.name == "kk-good"
+    u_json, l_json = str(unreadable / "kernel.json"), str(locked / "kernel.json")
+    assert set(out["broken"]) == {u_json, l_json, str(hidden)}
+    for path, (kind, err_path, text) in out["broken"].items():
+        assert kind == "KernelSpecError" and err_path == path and path in text
+    assert "permission denied" in out["broken"][u_json][2]
+    assert "cannot be searched" in out["broken"][l_json][2]
+    assert "cannot list kernels directory" in out["broken"][str(hidden)][2]
+    assert str(missing) not in out["broken"]  # missing is the normal case
+    # Asked for by name: the path and the reason, not "no such kernel".
+    assert out["by_name"]["kk-unreadable"][0] == u_json
+    assert "permission denied" in out["by_name"]["kk-unreadable"][1]
+    assert out["by_name"]["kk-locked"][0] == l_json
+    assert {"kk-good", "kk-unreadable", "kk-locked"} <= set(out["found"])
+    # Each problem is logged once, with its path.
+    for path in (u_json, l_json, str(hidden)):
+        assert len([w for w in out["warnings"] if path in w]) == 1, out["warnings"]
+    assert not [w for w in out["warnings"] if str(missing) in w]

@@ -1,7 +1,8 @@
-"""Unit and property tests of the wire protocol (kernelkeeper.session) and of
-connection info / connection files (kernelkeeper.connection).
+"""Unit and property tests of the wire protocol (kernelkeeper.session).
 
-No kernel is needed here: these are pure functions over bytes and files.
+Connection info and connection files: tests/test_connection_files.py.
+
+No kernel is needed here: these are pure functions over bytes.
 """
 
 from __future__ import annotations
@@ -10,34 +11,16 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import os
-import stat
-import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jupyter_client import BlockingKernelClient as JCBlockingKernelClient
 
-from kernelkeeper import connection as conn
-from kernelkeeper.connection import ConnectionInfo, new_key, write_connection_file
-from kernelkeeper.errors import KernelError, MessageError
+from kernelkeeper.errors import MessageError
 from kernelkeeper.session import DELIM, PROTOCOL_VERSION, Session, pack
 
 KEY = b"0123456789abcdef0123456789abcdef"
-STANDARD_KEYS = {
-    "transport",
-    "ip",
-    "shell_port",
-    "iopub_port",
-    "stdin_port",
-    "control_port",
-    "hb_port",
-    "key",
-    "signature_scheme",
-}
 
 # -- strategies ----------------------------------------------------------------
 
@@ -302,6 +285,14 @@ def _signed(s: Session, parts: list[bytes]) -> list[bytes]:
         ([pack({"msg_type": "x"}), b"[]", b"{}", b"{}"], "parent_header and metadata"),
         ([pack({"msg_type": "x"}), b"{}", b"3", b"{}"], "parent_header and metadata"),
         ([pack({"msg_type": "x"}), b"{}", b"{}", b'"text"'], "content must be an object"),
+        # Routed fields that are not strings: a list parent msg_id used to raise
+        # TypeError (unhashable) inside the client's receive loop.
+        ([pack({"msg_type": "x"}), pack({"msg_id": ["a"]}), b"{}", b"{}"], "bad parent_header"),
+        ([pack({"msg_type": "x"}), pack({"msg_id": {"a": 1}}), b"{}", b"{}"], "bad parent"),
+        ([pack({"msg_type": "x"}), pack({"msg_type": 3}), b"{}", b"{}"], "bad parent_header"),
+        ([pack({"msg_type": "x", "msg_id": ["a"]}), b"{}", b"{}", b"{}"], "bad header"),
+        ([pack({"msg_type": "x", "msg_id": None}), b"{}", b"{}", b"{}"], "bad header"),
+        ([pack({"msg_type": "x", "session": 5}), b"{}", b"{}", b"{}"], "bad header"),
     ],
 )
 def test_validly_signed_but_malformed(parts: list[bytes], reason: str) -> None:
@@ -313,6 +304,57 @@ def test_validly_signed_but_malformed(parts: list[bytes], reason: str) -> None:
     assert r.feed(_signed(s, parts)) is None
     assert r.dropped_total == 1
     assert any(reason.split()[0] in k for k in r.dropped)
+
+
+def test_routed_fields_may_be_absent_or_null_in_parent() -> None:
+    s = Session(KEY)
+    for parent in ({}, {"msg_id": None}, {"msg_id": "p", "msg_type": "x", "session": "s"}):
+        got = Session(KEY).feed(_signed(s, [pack({"msg_type": "x"}), pack(parent), b"{}", b"{}"]))
+        assert got is not None
+        assert got["msg_id"] == ""  # a header without msg_id still parses, as before
+
+
+def test_json_default_does_not_truncate_rationals_and_decimals() -> None:
+    from decimal import Decimal
+    from fractions import Fraction
+
+    got = json.loads(
+        pack(
+            {
+                "half": Fraction(1, 2),
+                "dec": Decimal("2.5"),
+                "whole": Fraction(4, 2),
+                "big": Fraction(10**30, 1),
+                "t": (1, 2),
+            }
+        )
+    )
+    assert got == {"half": 0.5, "dec": 2.5, "whole": 2, "big": 10**30, "t": [1, 2]}
+    assert isinstance(got["whole"], int) and isinstance(got["half"], float)
+    with pytest.raises(TypeError):
+        pack({"huge": Fraction(10**400, 3)})  # no float can hold it
+    with pytest.raises(TypeError):
+        pack({"obj": object()})
+
+
+def test_json_default_numpy_like_scalars() -> None:
+    """Scalars that only speak __index__ / __float__ (numpy's shape) keep their kind."""
+
+    class Int:
+        def __index__(self) -> int:
+            return 7
+
+        def __float__(self) -> float:
+            return 7.0
+
+    class Flt:
+        def __float__(self) -> float:
+            return 2.25
+
+    got = json.loads(pack([Int(), Flt(), float("nan"), float("inf")]))
+    assert got[:2] == [7, 2.25]
+    assert isinstance(got[0], int)
+    assert got[2] != got[2] and got[3] == float("inf")  # NaN/inf as before (json's NaN)
 
 
 def test_feed_counts_drops_by_reason() -> None:
@@ -433,159 +475,3 @@ def test_mutated_valid_message_only_accepted_if_signature_still_holds(
         assert got["msg_id"] == m["msg_id"]
     if frames == original:
         assert got is not None
-
-
-# -- connection ------------------------------------------------------------------------
-
-
-def _info(**kw: Any) -> ConnectionInfo:
-    base: dict[str, Any] = dict(
-        shell_port=50001,
-        iopub_port=50002,
-        stdin_port=50003,
-        control_port=50004,
-        hb_port=50005,
-        key=new_key(),
-        kernel_name="python3",
-    )
-    base.update(kw)
-    return ConnectionInfo(**base)
-
-
-def test_new_key() -> None:
-    keys = {new_key() for _ in range(50)}
-    assert len(keys) == 50
-    for k in keys:
-        assert isinstance(k, bytes) and len(k) == 64
-        int(k, 16)  # hex
-        assert k == k.lower()
-
-
-def test_write_connection_file_mode_and_keys(tmp_path: Path) -> None:
-    info = _info()
-    old = os.umask(0)  # even a permissive umask must not widen the mode
-    try:
-        path = write_connection_file(info, tmp_path / "sub" / "kernel-x.json")
-    finally:
-        os.umask(old)
-    st_ = os.stat(path)
-    assert stat.S_IMODE(st_.st_mode) == 0o600
-    with open(path) as f:
-        data = json.load(f)
-    assert STANDARD_KEYS <= set(data)
-    assert data["key"] == info.key.decode()
-    assert data["shell_port"] == 50001 and data["transport"] == "tcp"
-    assert os.listdir(tmp_path / "sub") == ["kernel-x.json"]  # no temp file left
-    # jupyter_client reads it.
-    jc = JCBlockingKernelClient()
-    jc.load_connection_file(path)
-    assert jc.session.key == info.key
-    assert (jc.shell_port, jc.iopub_port, jc.stdin_port, jc.control_port, jc.hb_port) == (
-        50001,
-        50002,
-        50003,
-        50004,
-        50005,
-    )
-    assert jc.transport == "tcp" and jc.ip == "127.0.0.1"
-    assert jc.session.signature_scheme == "hmac-sha256"
-
-
-def test_write_connection_file_replaces_atomically(tmp_path: Path) -> None:
-    path = tmp_path / "kernel-a.json"
-    write_connection_file(_info(), path)
-    stop = threading.Event()
-    bad: list[str] = []
-    reads = 0
-
-    def reader() -> None:
-        nonlocal reads
-        while not stop.is_set():
-            try:
-                text = path.read_text()
-                data = json.loads(text)
-                if not STANDARD_KEYS <= set(data) or stat.S_IMODE(path.stat().st_mode) != 0o600:
-                    bad.append(text)
-            except json.JSONDecodeError as e:  # half a file
-                bad.append(repr(e))
-            reads += 1
-
-    t = threading.Thread(target=reader)
-    t.start()
-    try:
-        for i in range(300):
-            write_connection_file(_info(kernel_name="k" * (i % 50)), path)
-    finally:
-        stop.set()
-        t.join(10)
-    assert not t.is_alive()
-    assert reads > 0
-    assert bad == []
-    assert sorted(os.listdir(tmp_path)) == ["kernel-a.json"]
-
-
-def test_write_connection_file_failure_leaves_old_file(tmp_path: Path) -> None:
-    path = tmp_path / "kernel-b.json"
-    good = _info()
-    write_connection_file(good, path)
-    before = path.read_text()
-    with pytest.raises(UnicodeDecodeError):
-        write_connection_file(_info(key=b"\xff\xfe"), path)  # key not ASCII: to_dict fails
-    assert path.read_text() == before
-    assert os.listdir(tmp_path) == ["kernel-b.json"]
-
-
-def test_connection_info_url() -> None:
-    info = _info()
-    assert info.url("shell") == "tcp://127.0.0.1:50001"
-    assert info.url("hb") == "tcp://127.0.0.1:50005"
-    assert _info(ip="::1").url("iopub") == "tcp://[::1]:50002"
-    ipc = _info(transport="ipc", ip="/tmp/kernel-abc-ipc")
-    assert ipc.url("control") == "ipc:///tmp/kernel-abc-ipc-50004"
-    assert ipc.ipc_paths() == [f"/tmp/kernel-abc-ipc-{p}" for p in range(50001, 50006)]
-    assert info.ipc_paths() == []
-    assert info.has_ports and not ConnectionInfo().has_ports
-    assert info.ports == {
-        "shell": 50001,
-        "iopub": 50002,
-        "stdin": 50003,
-        "control": 50004,
-        "hb": 50005,
-    }
-    with pytest.raises(KernelError):
-        ConnectionInfo(transport="udp")
-
-
-def test_from_file_to_dict_round_trip(tmp_path: Path) -> None:
-    info = _info(signature_scheme="hmac-sha512", transport="ipc", ip=str(tmp_path / "k"))
-    path = write_connection_file(info, tmp_path / "kernel-c.json")
-    back = ConnectionInfo.from_file(path)
-    assert back == info
-    assert back.to_dict() == info.to_dict()
-    assert isinstance(back.key, bytes)
-    d = info.to_dict()
-    assert isinstance(d["key"], str)
-    assert json.loads(json.dumps(d)) == d
-    # Files written by others: string ports, str key, extra keys.
-    d2 = {**d, "shell_port": "50001", "jupyter_session": "x", "extra": 1}
-    assert ConnectionInfo.from_dict(d2) == info
-    assert ConnectionInfo(key="abc").key == b"abc"  # type: ignore[arg-type]
-
-
-def test_key_never_in_repr() -> None:
-    info = _info()
-    assert info.key.decode() not in repr(info)
-    assert info.key.decode() not in str(info)
-    assert "key" not in repr(info)
-    assert info.key.decode() not in repr(info.replace(ip="10.0.0.1"))
-
-
-def test_allocate_ports_and_ipc_ports(tmp_path: Path) -> None:
-    ports = conn.allocate_ports()
-    assert len(ports) == len(set(ports)) == 5 and all(p > 0 for p in ports)
-    prefix = str(tmp_path / "kernel-ipc")
-    (tmp_path / "kernel-ipc-1").touch()
-    (tmp_path / "kernel-ipc-3").touch()
-    assert conn.allocate_ipc_ports(prefix) == [2, 4, 5, 6, 7]
-    for name in ("kernel-ipc-1", "kernel-ipc-3"):
-        (tmp_path / name).unlink()

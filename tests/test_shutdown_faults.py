@@ -27,6 +27,7 @@ from helpers import Recorder, assert_gone
 from kernelkeeper import (
     AsyncKernelManager,
     KernelDiedError,
+    KernelSpec,
     KernelSpecError,
     KernelStartError,
     KernelState,
@@ -229,19 +230,16 @@ async def test_group_dies_with_the_kernel(
 
 
 @pytest.mark.parametrize("api", ["async", "sync"])
-async def test_missing_executable(
-    kernel_dir: Callable[..., str], isolated_runtime: Path, api: str
-) -> None:
-    name = kernel_dir(
-        "slow_start", name="missing", argv=["/nonexistent/kernel", "-f", "{connection_file}"]
-    )
+async def test_missing_executable(isolated_runtime: Path, api: str) -> None:
+    # A spec given directly is not checked before launch: launch reports it.
+    spec = KernelSpec(argv=("/nonexistent/kernel", "-f", "{connection_file}"), display_name="x")
     t0 = time.monotonic()
     if api == "async":
-        km: Any = AsyncKernelManager(name)
+        km: Any = AsyncKernelManager(kernel_spec=spec)
         with pytest.raises(KernelStartError, match="/nonexistent/kernel") as info:
             await km.start_kernel(startup_timeout=60)
     else:
-        km = kernelkeeper.KernelManager(name)
+        km = kernelkeeper.KernelManager(kernel_spec=spec)
         with pytest.raises(KernelStartError, match="/nonexistent/kernel") as info:
             await asyncio.to_thread(km.start_kernel, startup_timeout=60)
     assert time.monotonic() - t0 < 5
@@ -250,6 +248,25 @@ async def test_missing_executable(
     assert km.state is KernelState.DEAD
     assert Path(km.connection_file).parent == isolated_runtime
     assert runtime_files(isolated_runtime) == []  # so the connection file is not there
+
+
+@pytest.mark.parametrize("api", ["async", "sync"])
+async def test_missing_executable_in_installed_spec(
+    kernel_dir: Callable[..., str], isolated_runtime: Path, api: str
+) -> None:
+    # An installed kernelspec is checked when it is looked up: a KernelSpecError
+    # naming the executable, before anything is written or started.
+    name = kernel_dir(
+        "slow_start", name="missing", argv=["/nonexistent/kernel", "-f", "{connection_file}"]
+    )
+    km: Any = AsyncKernelManager(name) if api == "async" else kernelkeeper.KernelManager(name)
+    with pytest.raises(KernelSpecError, match="/nonexistent/kernel"):
+        if api == "async":
+            await km.start_kernel(startup_timeout=60)
+        else:
+            await asyncio.to_thread(km.start_kernel, startup_timeout=60)
+    assert not km.has_kernel
+    assert runtime_files(isolated_runtime) == []
 
 
 @pytest.mark.parametrize("api", ["async", "sync"])

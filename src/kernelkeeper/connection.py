@@ -1,6 +1,9 @@
 """Connection info: the nine standard keys, connection files and port allocation.
 
 Pure data and file I/O; nothing here opens a long-lived socket or a process.
+Bad input is reported as :class:`~kernelkeeper.errors.ConnectionFileError`
+(a ``ValueError``) naming the file and the field; a runtime directory that
+cannot be used is a :class:`~kernelkeeper.errors.RuntimeDirError`.
 """
 
 from __future__ import annotations
@@ -9,16 +12,18 @@ import contextlib
 import dataclasses
 import errno
 import json
+import logging
 import os
 import secrets
 import socket
+import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import KernelError
+from .errors import ConnectionFileError, RuntimeDirError
 
 __all__ = [
     "CHANNELS",
@@ -29,8 +34,22 @@ __all__ = [
     "write_connection_file",
 ]
 
+log = logging.getLogger("kernelkeeper.connection")
+
 #: The five channels of a kernel, in the order of the connection file's ports.
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+
+#: Keys a connection file must have (the rest have defaults).
+REQUIRED_KEYS = ("transport", "ip", "key", *(f"{ch}_port" for ch in CHANNELS))
+
+_Z85 = frozenset(
+    "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+)
+_CURVE_FIELDS = ("curve_publickey", "curve_secretkey")
+# A connection file is a few hundred bytes; anything huge is not one.
+_MAX_FILE = 1 << 20
+# How long the liveness probe of an existing connection file may take per port.
+_PROBE_TIMEOUT = 1.0
 
 
 def new_key() -> bytes:
@@ -39,11 +58,34 @@ def new_key() -> bytes:
 
 
 def runtime_dir() -> str:
-    """Jupyter's runtime directory (created if missing, mode 0700)."""
+    """Jupyter's runtime directory (created if missing, mode 0700).
+
+    Raises :class:`RuntimeDirError` naming the path and ``JUPYTER_RUNTIME_DIR``
+    when it is a file, lies under a file, or cannot be written.
+    """
     from jupyter_core.paths import jupyter_runtime_dir
 
     path = jupyter_runtime_dir()
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    hint = "set JUPYTER_RUNTIME_DIR to a writable directory"
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError:
+        raise RuntimeDirError(
+            f"Jupyter runtime directory {path} exists and is not a directory; {hint}", path
+        ) from None
+    except OSError as e:
+        reason = e.strerror or str(e)
+        if e.errno == errno.ENOTDIR:
+            reason = "a parent of it is not a directory"
+        raise RuntimeDirError(
+            f"Cannot create the Jupyter runtime directory {path}: {reason}; {hint}", path
+        ) from None
+    # Exists now, but may be unusable (another user's, read-only): say so here
+    # rather than with a bare OSError when the first connection file is written.
+    if not os.path.isdir(path):
+        raise RuntimeDirError(f"Jupyter runtime directory {path} is not a directory; {hint}", path)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RuntimeDirError(f"Jupyter runtime directory {path} is not writable; {hint}", path)
     return path
 
 
@@ -51,7 +93,9 @@ def runtime_dir() -> str:
 class ConnectionInfo:
     """How to reach a kernel: the nine keys of a Jupyter connection file.
 
-    ``key`` is kept as bytes and never shown by ``repr``.
+    ``key`` is kept as bytes and never shown by ``repr``. A port of 0 means
+    "not bound yet" (the kernel chooses it); :meth:`from_file` only accepts
+    real ports (1-65535).
     """
 
     transport: str = "tcp"
@@ -71,11 +115,17 @@ class ConnectionInfo:
 
     def __post_init__(self) -> None:
         if self.transport not in ("tcp", "ipc"):
-            raise KernelError(f"Unknown transport {self.transport!r} (expected 'tcp' or 'ipc')")
-        for name in ("key", "curve_publickey", "curve_secretkey"):
+            raise ConnectionFileError(
+                f"Unknown transport {_show(self.transport)} (expected 'tcp' or 'ipc')",
+                field="transport",
+            )
+        for name in ("key", *_CURVE_FIELDS):
             value = getattr(self, name)
             if isinstance(value, str):
-                object.__setattr__(self, name, value.encode("ascii"))
+                try:
+                    object.__setattr__(self, name, value.encode("ascii"))
+                except UnicodeEncodeError:
+                    raise ConnectionFileError(f"{name!r} must be ASCII", field=name) from None
 
     @property
     def encrypted(self) -> bool:
@@ -113,28 +163,183 @@ class ConnectionInfo:
     def to_dict(self) -> dict[str, Any]:
         """The connection-file form (key as text), as jupyter_client writes it."""
         d = dataclasses.asdict(self)
-        d["key"] = self.key.decode("ascii")
-        for name in ("curve_publickey", "curve_secretkey"):
+        d["key"] = _ascii(self.key, "key")
+        for name in _CURVE_FIELDS:
             value = d.pop(name)
             if value is not None and self.encrypted:
-                d[name] = value.decode("ascii")
+                d[name] = _ascii(value, name)
         return d
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ConnectionInfo:
-        """Build from a connection file's dict; unknown keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        for ch in CHANNELS:
-            if f"{ch}_port" in kwargs:
-                kwargs[f"{ch}_port"] = int(kwargs[f"{ch}_port"])
-        return cls(**kwargs)
+    def from_dict(cls, data: Mapping[str, Any], *, path: str | None = None) -> ConnectionInfo:
+        """Build from a connection file's dict, checking every field.
+
+        ``transport``, ``ip``, ``key`` and the five ports are required; ports
+        may be 0 (not bound yet) here, and may be given as digit strings. The
+        key may be text or bytes. Unknown keys are ignored. Raises
+        :class:`ConnectionFileError` with ``.field`` set; ``path`` is only used
+        in messages.
+        """
+        return cls(**_checked(data, path, real_ports=False))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> ConnectionInfo:
-        """Read a connection file."""
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """Read a connection file; every port must be a real one (1-65535).
+
+        A file readable by group or others is logged as a warning (the key in
+        it is exposed). Raises :class:`ConnectionFileError`.
+        """
+        where = os.fspath(path)
+        data = _load_json(where)
+        return cls(**_checked(data, where, real_ports=True))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _ascii(value: bytes, name: str) -> str:
+    try:
+        return value.decode("ascii")
+    except UnicodeDecodeError:
+        raise ConnectionFileError(f"{name!r} must be ASCII", field=name) from None
+
+
+def _open_regular(path: str) -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading without ever blocking (a FIFO would), and stat it.
+
+    The caller owns the returned descriptor.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def _load_json(path: str) -> Any:
+    try:
+        fd, st = _open_regular(path)
+    except OSError as e:
+        raise ConnectionFileError(f"Cannot read connection file: {e.strerror or e}", path) from None
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)  # fdopen refuses a directory
+        raise ConnectionFileError("Connection file is not a regular file", path)
+    with os.fdopen(fd, "rb") as f:
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            log.warning(
+                "Connection file %s is readable by others (mode %o): its key is exposed",
+                path,
+                stat.S_IMODE(st.st_mode),
+            )
+        try:
+            raw = f.read(_MAX_FILE + 1)
+        except OSError as e:
+            raise ConnectionFileError(
+                f"Cannot read connection file: {e.strerror or e}", path
+            ) from None
+    if len(raw) > _MAX_FILE:
+        raise ConnectionFileError("Connection file is too large to be one", path)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConnectionFileError("Connection file is not UTF-8 text", path) from None
+    except ValueError as e:  # JSONDecodeError, or a number too long to convert
+        # The message quotes no file content (it may hold the key): position only.
+        where = (
+            f" (line {e.lineno}, column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
+        )
+        raise ConnectionFileError(f"Connection file is not valid JSON{where}", path) from None
+    except RecursionError:
+        raise ConnectionFileError("Connection file nests too deeply", path) from None
+
+
+def _checked(data: Any, path: str | None, *, real_ports: bool) -> dict[str, Any]:
+    """The constructor arguments for ``data``, every field checked."""
+
+    def bad(message: str, name: str | None) -> ConnectionFileError:
+        return ConnectionFileError(message, path, name)
+
+    if not isinstance(data, Mapping):
+        raise bad(f"Connection info must be a JSON object, not {type(data).__name__}", None)
+    for name in REQUIRED_KEYS:
+        if name not in data:
+            raise bad(f"Connection info has no {name!r}", name)
+    out: dict[str, Any] = {}
+
+    transport = data["transport"]
+    if transport not in ("tcp", "ipc"):
+        raise bad(f"'transport' must be 'tcp' or 'ipc', not {_show(transport)}", "transport")
+    out["transport"] = transport
+
+    ip = data["ip"]
+    if not isinstance(ip, str) or not ip or "\0" in ip:
+        raise bad(f"'ip' must be a non-empty string, not {_show(ip)}", "ip")
+    out["ip"] = ip
+
+    low = 1 if real_ports else 0
+    for ch in CHANNELS:
+        name = f"{ch}_port"
+        value = data[name]
+        port: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            port = value
+        elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 5:
+            port = int(value)
+        if port is None or not low <= port <= 65535:
+            raise bad(
+                f"{name!r} must be a port number from {low} to 65535, not {_show(value)}", name
+            )
+        out[name] = port
+
+    out["key"] = _secret(data["key"], "key", bad)
+
+    scheme = data.get("signature_scheme")
+    if scheme is not None:
+        if not isinstance(scheme, str) or not scheme.startswith("hmac-"):
+            raise bad(
+                f"'signature_scheme' must be 'hmac-<digest>', not {_show(scheme)}",
+                "signature_scheme",
+            )
+        out["signature_scheme"] = scheme
+
+    kernel_name = data.get("kernel_name")
+    if kernel_name is not None:
+        if not isinstance(kernel_name, str):
+            raise bad(f"'kernel_name' must be a string, not {_show(kernel_name)}", "kernel_name")
+        out["kernel_name"] = kernel_name
+
+    curve = {n: data.get(n) for n in _CURVE_FIELDS}
+    for name, value in curve.items():
+        if value is None:
+            continue
+        raw = _secret(value, name, bad)
+        if len(raw) != 40 or not _Z85.issuperset(raw.decode("ascii")):
+            raise bad(f"{name!r} must be a 40-character Z85 CurveZMQ key", name)
+        out[name] = raw
+    given = [n for n in _CURVE_FIELDS if n in out]
+    if len(given) == 1:
+        missing = next(n for n in _CURVE_FIELDS if n not in out)
+        raise bad(f"{given[0]!r} is set but {missing!r} is missing", missing)
+    return out
+
+
+def _secret(value: Any, name: str, bad: Any) -> bytes:
+    """A key field as ASCII bytes; errors never quote the value."""
+    if isinstance(value, str):
+        try:
+            return value.encode("ascii")
+        except UnicodeEncodeError:
+            raise bad(f"{name!r} must be ASCII text", name) from None
+    if isinstance(value, (bytes, bytearray)):
+        raw = bytes(value)
+        if not raw.isascii():
+            raise bad(f"{name!r} must be ASCII text", name)
+        return raw
+    raise bad(f"{name!r} must be a string, not {type(value).__name__}", name)
 
 
 def allocate_ports(ip: str = "127.0.0.1", count: int = 5) -> list[int]:
@@ -173,21 +378,97 @@ def write_connection_file(info: ConnectionInfo, path: str | os.PathLike[str]) ->
 
     The file is created 0600 from the start (never world-readable, not even
     for an instant) and moved into place, so a reader never sees half a file.
+    Raises :class:`ConnectionFileError` if ``path`` is the connection file of
+    a kernel that still listens (a stale one is replaced), or if the
+    filesystem would leave the file readable by others.
     """
     path = os.fspath(path)
+    if os.path.lexists(path) and kernel_listens(path):
+        raise ConnectionFileError(
+            "Refusing to overwrite the connection file of a running kernel; "
+            "shut that kernel down or choose another connection file",
+            path,
+        )
+    text = json.dumps(info.to_dict(), indent=1)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".kk-", suffix=".json", dir=directory)  # mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(info.to_dict(), f, indent=1)
-        os.chmod(tmp, 0o600)
+            f.write(text)
+            os.fchmod(f.fileno(), 0o600)
+            # chmod can be a silent no-op (vfat, some FUSE and network
+            # filesystems): check what the file really allows before it
+            # takes the connection file's name.
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        if mode & 0o077:
+            raise ConnectionFileError(
+                f"The filesystem leaves connection files readable by others (mode {mode:o}, "
+                "wanted 600); put the runtime directory elsewhere with JUPYTER_RUNTIME_DIR",
+                path,
+                "mode",
+            )
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     return path
+
+
+def kernel_listens(path: str) -> bool:
+    """Does the kernel named in the connection file at ``path`` still listen?
+
+    A TCP connect to its shell or heartbeat port (an ipc socket file for ipc)
+    that succeeds means yes. An unreadable or malformed file, or one whose
+    ports are not bound yet, counts as no kernel.
+    """
+    try:
+        fd, st = _open_regular(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return False
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = json.loads(f.read(_MAX_FILE).decode("utf-8"))
+        except (OSError, ValueError, RecursionError):
+            return False
+    if not isinstance(data, dict):
+        return False
+    transport, ip = data.get("transport"), data.get("ip")
+    if not isinstance(ip, str) or not ip:
+        return False
+    for ch in ("shell", "hb"):
+        port = data.get(f"{ch}_port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port <= 65535:
+            continue
+        if transport == "tcp" and _tcp_accepts(ip, port):
+            return True
+        if transport == "ipc" and _ipc_accepts(f"{ip}-{port}"):
+            return True
+    return False
+
+
+def _tcp_accepts(ip: str, port: int) -> bool:
+    # A kernel bound to every interface is reached through loopback.
+    host = {"0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "::": "::1"}.get(ip, ip)
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT):
+            return True
+    except (OSError, ValueError, UnicodeError):
+        return False
+
+
+def _ipc_accepts(sock_path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(_PROBE_TIMEOUT)
+        try:
+            s.connect(sock_path)
+        except (OSError, ValueError):
+            return False
+        return True
 
 
 def remove_files(paths: Iterable[str]) -> None:

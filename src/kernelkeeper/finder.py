@@ -10,6 +10,8 @@ containers, ...) without touching kernelkeeper.
 from __future__ import annotations
 
 import abc
+import functools
+import importlib.metadata
 import importlib.util
 import logging
 import sys
@@ -103,13 +105,50 @@ class IPykernelProvider(KernelProvider):
 
     @staticmethod
     def _spec() -> KernelSpec:
+        metadata: dict[str, Any] = {"debugger": True}
+        if _ipykernel_supports_curve():
+            metadata["supported_encryption"] = ["curve"]
         return KernelSpec(
             argv=(sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"),
             display_name="Python 3 (ipykernel)",
             language="python",
-            metadata={"debugger": True},
+            metadata=metadata,
             name="python3",
         )
+
+
+# ipykernel reads curve_publickey/curve_secretkey from its connection file
+# from this version on.
+_CURVE_IPYKERNEL = (7, 4)
+
+
+@functools.cache
+def _ipykernel_supports_curve() -> bool:
+    """Does the installed ipykernel do CurveZMQ? Asked of its metadata: importing
+    ipykernel (IPython, tornado, ...) would cost a third of a second. Cached: the
+    metadata scan costs ~0.7 ms and every start resolves a kernel type."""
+    try:
+        version = importlib.metadata.version("ipykernel")
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return False
+    return _release(version) >= _CURVE_IPYKERNEL
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The leading numeric release of a version string: "7.4.0rc1" -> (7, 4, 0)."""
+    parts: list[int] = []
+    for piece in version.split("."):
+        digits = ""
+        for ch in piece:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        parts.append(int(digits))
+        if len(digits) != len(piece):
+            break
+    return tuple(parts)
 
 
 def _builtin_providers() -> list[KernelProvider]:

@@ -8,10 +8,13 @@ socket.  Kernel types beyond installed kernelspecs are the business of
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import logging
 import os
 import re
+import shutil
+import stat
 import string
 import sys
 import uuid
@@ -27,6 +30,7 @@ from .errors import KernelSpecError, NoSuchKernel
 __all__ = [
     "INTERRUPT_MODES",
     "KernelSpec",
+    "check_executable",
     "find_kernel_specs",
     "get_kernel_spec",
     "kernel_dirs",
@@ -52,6 +56,9 @@ _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 # (kernel.json path, message) pairs already warned about, so that a server
 # listing kernels every few seconds does not repeat the same warning forever.
 _warned_broken: set[tuple[str, str]] = set()
+
+# A kernel.json is a few hundred bytes; a huge one is a mistake, not a spec.
+_MAX_SPEC = 1 << 24
 
 
 def _empty_mapping() -> Mapping[str, Any]:
@@ -172,17 +179,7 @@ class KernelSpec:
         if name is None:
             name = os.path.basename(resource_dir).lower()
         json_path = os.path.join(resource_dir, KERNEL_JSON)
-        try:
-            with open(json_path, encoding="utf-8") as f:
-                data = json.load(f)
-        except OSError as exc:
-            raise KernelSpecError(
-                f"cannot read kernel spec: {exc.strerror or exc}", json_path
-            ) from exc
-        except UnicodeDecodeError as exc:
-            raise KernelSpecError(f"kernel spec is not valid UTF-8: {exc}", json_path) from exc
-        except json.JSONDecodeError as exc:
-            raise KernelSpecError(f"kernel spec is not valid JSON: {exc}", json_path) from exc
+        data = _load_json(json_path)
         return cls.from_dict(data, name=name, resource_dir=resource_dir, path=json_path)
 
     def to_dict(self) -> dict[str, Any]:
@@ -256,19 +253,150 @@ def kernel_dirs() -> list[str]:
     return jupyter_path("kernels")
 
 
-def find_kernel_specs() -> dict[str, str]:
-    """Map each installed kernelspec name to its resource directory.
+def _load_json(json_path: str) -> Any:
+    """Parse ``json_path``, never blocking: a FIFO, a device or a directory is refused."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+        # writer forever. fstat on the opened file, not stat before opening,
+        # so the check and the read see the same file.
+        fd = os.open(json_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise KernelSpecError(
+            f"cannot read kernel spec: {_open_failure(exc, json_path)}", json_path
+        ) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise KernelSpecError(f"kernel spec is {_file_kind(mode)}, not a regular file", json_path)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            raw = f.read(_MAX_SPEC + 1)
+        except OSError as exc:
+            raise KernelSpecError(
+                f"cannot read kernel spec: {exc.strerror or exc}", json_path
+            ) from exc
+    if len(raw) > _MAX_SPEC:
+        raise KernelSpecError(f"kernel spec is larger than {_MAX_SPEC} bytes", json_path)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise KernelSpecError(f"kernel spec is not valid UTF-8: {exc}", json_path) from exc
+    except json.JSONDecodeError as exc:
+        raise KernelSpecError(f"kernel spec is not valid JSON: {exc}", json_path) from exc
+    except (ValueError, RecursionError) as exc:  # an over-long number, deep nesting
+        raise KernelSpecError(f"kernel spec is not usable JSON: {exc}", json_path) from exc
 
-    Names are lower-cased directory names; where several directories provide the
-    same name, the one earliest in :func:`kernel_dirs` wins. Only directories
-    holding a ``kernel.json`` count; the file is not parsed here.
+
+def _open_failure(exc: OSError, path: str) -> str:
+    if exc.errno == errno.ELOOP:
+        return "it is a symlink loop"
+    if exc.errno == errno.ENXIO:
+        return "it is a socket"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        return "it is a dangling symlink"
+    if exc.errno == errno.EACCES:
+        try:
+            os.stat(path)
+        except PermissionError:
+            return "permission denied (its directory cannot be searched)"
+        except OSError:
+            pass
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a file"
+
+
+def check_executable(spec: KernelSpec) -> None:
+    """Raise :class:`KernelSpecError` if the spec's ``argv[0]`` cannot be run.
+
+    Checked after the ``python`` rewrite of :meth:`KernelSpec.format_argv`. A
+    bare name is looked up on ``PATH`` (the spec's own ``env`` PATH if it sets
+    one); an absolute path must be an executable file. A relative path with a
+    directory part depends on the kernel's working directory and is not checked.
     """
+    path = os.path.join(spec.resource_dir, KERNEL_JSON) if spec.resource_dir else None
+    exe = spec.format_argv("")[0]
+    if not exe:
+        raise KernelSpecError("'argv[0]' is empty", path)
+    if "\0" in exe:
+        raise KernelSpecError("'argv[0]' contains a NUL character", path)
+    if os.sep not in exe:
+        env = spec.format_env()
+        search = env.get("PATH", os.environ.get("PATH", os.defpath))
+        if shutil.which(exe, path=search) is None:
+            where = "the PATH its 'env' sets" if "PATH" in env else "PATH"
+            raise KernelSpecError(
+                f"kernel executable {exe!r} (argv[0]) is not found on {where}", path
+            )
+        return
+    if not os.path.isabs(exe):
+        return
+    try:
+        mode = os.stat(exe).st_mode
+    except OSError as exc:
+        why = "does not exist" if exc.errno == errno.ENOENT else f"cannot be used: {exc.strerror}"
+        raise KernelSpecError(f"kernel executable {exe!r} (argv[0]) {why}", path) from exc
+    except ValueError as exc:  # a lone surrogate: no file can have that name
+        raise KernelSpecError(
+            f"kernel executable {exe!r} (argv[0]) is not a valid file name", path
+        ) from exc
+    if not stat.S_ISREG(mode):
+        raise KernelSpecError(
+            f"kernel executable {exe!r} (argv[0]) is {_file_kind(mode)}, not a file", path
+        )
+    if not os.access(exe, os.X_OK):
+        raise KernelSpecError(f"kernel executable {exe!r} (argv[0]) is not executable", path)
+
+
+def _warn_once(path: str, message: str) -> None:
+    key = (path, message)
+    if key not in _warned_broken:
+        _warned_broken.add(key)
+        logger.warning("%s", message)
+
+
+def _has_kernel_json(resource_dir: str) -> bool:
+    """Is there something called kernel.json in ``resource_dir`` (usable or not)?"""
+    try:
+        os.lstat(os.path.join(resource_dir, KERNEL_JSON))
+    except OSError as exc:
+        # Absent, or the entry is a plain file: not a kernelspec. Anything else
+        # (a directory we may not search, a symlink loop) is a broken one,
+        # reported when it is loaded rather than silently missing.
+        return exc.errno not in (errno.ENOENT, errno.ENOTDIR)
+    return True
+
+
+def _scan() -> tuple[dict[str, str], dict[str, KernelSpecError]]:
+    """Installed kernelspecs by name, and the search directories that cannot be listed."""
     found: dict[str, str] = {}
+    unlistable: dict[str, KernelSpecError] = {}
     for kdir in kernel_dirs():
         try:
             entries = sorted(os.listdir(kdir))
-        except OSError:
-            # Missing or unreadable search directories are the common case.
+        except FileNotFoundError:
+            continue  # most search directories do not exist: the normal case
+        except OSError as exc:
+            err = KernelSpecError(
+                f"cannot list kernels directory: {_open_failure(exc, kdir)}", kdir
+            )
+            unlistable[kdir] = err
+            _warn_once(kdir, f"Skipping kernelspecs in {kdir}: {err}")
             continue
         for entry in entries:
             if not _NAME_RE.fullmatch(entry):
@@ -278,42 +406,60 @@ def find_kernel_specs() -> dict[str, str]:
             if name in found:
                 continue
             resource_dir = os.path.join(kdir, entry)
-            if os.path.isfile(os.path.join(resource_dir, KERNEL_JSON)):
+            if _has_kernel_json(resource_dir):
                 found[name] = resource_dir
-    return found
+    return found, unlistable
+
+
+def find_kernel_specs() -> dict[str, str]:
+    """Map each installed kernelspec name to its resource directory.
+
+    Names are lower-cased directory names; where several directories provide the
+    same name, the one earliest in :func:`kernel_dirs` wins. Every directory with
+    an entry called ``kernel.json`` counts, usable or not (a broken one raises
+    :class:`KernelSpecError` when loaded); the file is not parsed here. A search
+    directory that exists but cannot be listed is logged (once) and reported by
+    :func:`list_kernel_specs`.
+    """
+    return _scan()[0]
+
+
+def _load_for_use(name: str, resource_dir: str) -> KernelSpec:
+    spec = KernelSpec.from_resource_dir(resource_dir, name=name)
+    check_executable(spec)
+    return spec
 
 
 def get_kernel_spec(name: str) -> KernelSpec:
     """Load the installed kernelspec called ``name`` (case-insensitive).
 
     Raises :class:`NoSuchKernel` if there is none, :class:`KernelSpecError` if its
-    ``kernel.json`` is unusable.
+    ``kernel.json`` is unusable (unreadable, malformed, or its executable missing).
     """
     specs = find_kernel_specs()
     key = name.lower()
     if key not in specs:
         raise NoSuchKernel(name, list(specs))
-    return KernelSpec.from_resource_dir(specs[key], name=key)
+    return _load_for_use(key, specs[key])
 
 
 def list_kernel_specs() -> tuple[dict[str, KernelSpec], dict[str, KernelSpecError]]:
     """Load every installed kernelspec.
 
-    Returns the usable specs by name and the broken ones by ``kernel.json`` path.
-    Each broken spec is also logged as a warning, once per distinct problem.
+    Returns the usable specs by name and the broken ones by ``kernel.json``
+    path, with search directories that exist but cannot be listed keyed by the
+    directory's path. Each broken spec is also logged as a warning, once per
+    distinct problem.
     """
     good: dict[str, KernelSpec] = {}
-    broken: dict[str, KernelSpecError] = {}
-    for name, resource_dir in find_kernel_specs().items():
+    found, broken = _scan()
+    for name, resource_dir in found.items():
         try:
-            good[name] = KernelSpec.from_resource_dir(resource_dir, name=name)
+            good[name] = _load_for_use(name, resource_dir)
         except KernelSpecError as exc:
             json_path = exc.path or os.path.join(resource_dir, KERNEL_JSON)
             broken[json_path] = exc
-            key = (json_path, str(exc))
-            if key not in _warned_broken:
-                _warned_broken.add(key)
-                logger.warning("Skipping broken kernelspec %r at %s: %s", name, json_path, exc)
+            _warn_once(json_path, f"Skipping broken kernelspec {name!r} at {json_path}: {exc}")
     return good, broken
 
 

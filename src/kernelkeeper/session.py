@@ -15,11 +15,14 @@ from __future__ import annotations
 import base64
 import collections
 import datetime as _dt
+import decimal
 import getpass
 import hashlib
 import hmac
 import json
 import logging
+import numbers
+import operator
 import os
 import uuid
 from collections.abc import Mapping, Sequence
@@ -45,6 +48,10 @@ _DIGESTS = {
 
 Message = dict[str, Any]
 
+# Header fields receivers route or filter on; a message with a non-string
+# in one of them (in its header or its parent's) is dropped.
+_ROUTED = ("msg_id", "msg_type", "session")
+
 
 def new_id() -> str:
     """A new message or session id."""
@@ -66,12 +73,20 @@ def _json_default(obj: Any) -> Any:
         return base64.b64encode(obj).decode("ascii")
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
-    # numpy scalars and the like
-    for cast in (int, float):
+    # numpy scalars and the like. Integers first, but only true integers:
+    # int() would silently truncate Fraction(1, 2) or Decimal("2.5") to 0 or 2.
+    if isinstance(obj, numbers.Integral):
+        return int(obj)
+    if isinstance(obj, numbers.Rational) and obj.denominator == 1:
+        return int(obj.numerator)  # exact, however large
+    real = isinstance(obj, (numbers.Real, decimal.Decimal))
+    if not real and hasattr(type(obj), "__index__"):
+        return operator.index(obj)  # an integer type not registered as Integral
+    if real or hasattr(type(obj), "__float__"):
         try:
-            return cast(obj)
-        except (TypeError, ValueError):
-            continue
+            return float(obj)
+        except OverflowError:
+            raise TypeError(f"{type(obj).__name__} value too large for a JSON number") from None
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
@@ -224,6 +239,14 @@ class Session:
             raise MessageError("parent_header and metadata must be objects")
         if not isinstance(content, dict):
             raise MessageError("content must be an object")
+        # Replies are routed by these: a list where a str belongs would blow up
+        # in the receive loop (unhashable dict key), far from the bad message.
+        for name in _ROUTED:
+            if not isinstance(header.get(name, ""), str):
+                raise MessageError(f"bad header: {name!r} is not a string")
+            value = parent.get(name)
+            if value is not None and not isinstance(value, str):
+                raise MessageError(f"bad parent_header: {name!r} is not a string")
         header["date"] = parse_date(header.get("date"))
         if "date" in parent:
             parent["date"] = parse_date(parent["date"])
