@@ -20,6 +20,11 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from helpers import kernel_script
+from kernelkeeper import states
+
+# Every state change in the suite is checked against the transition table:
+# one that is not in it fails the test that caused it.
+states.strict = True
 
 if sys.platform.startswith("linux"):
     # Become a subreaper: a kernel's children orphaned by its death are

@@ -53,6 +53,12 @@ def runtime_files(runtime: Path) -> list[str]:
     return sorted(p.name for p in runtime.rglob("kernel-*"))
 
 
+@pytest.fixture(autouse=True)
+def strict_states(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A state change not in kernelkeeper.states.TRANSITIONS raises inside the manager."""
+    monkeypatch.setattr(kernelkeeper.states, "strict", True)
+
+
 @pytest.fixture
 async def managers() -> AsyncIterator[Callable[..., AsyncKernelManager]]:
     """``make(kernel_name, **kw)``: an AsyncKernelManager killed at teardown."""

@@ -12,7 +12,11 @@ kernelkeeper. It exists for two reasons:
   proposal describes, done in a launcher so unmodified ipykernel can use it.
 * No orphans. The manager passes the read end of a pipe whose write end only
   it holds. When the manager process dies, even by SIGKILL, the pipe reaches
-  EOF and a watchdog thread here kills the kernel's whole process group.
+  EOF and a watchdog thread here removes the kernel's connection file and ipc
+  sockets and kills the kernel's whole process group. A wrapper between the
+  manager and this script (``sudo``, a script that closes inherited fds) may
+  have closed that fd: then there is no watchdog here (the manager's guard
+  process does that job for wrapped kernels).
 
 Both are configured by environment variables that are removed before the
 kernel runs user code.
@@ -25,8 +29,11 @@ import hmac
 import json
 import os
 import signal
+import stat
 import sys
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 
 def _watch_parent(fd: int, files: list[str]) -> None:
@@ -46,6 +53,26 @@ def _watch_parent(fd: int, files: list[str]) -> None:
         os.killpg(os.getpgid(0), signal.SIGKILL)
     finally:
         os._exit(1)
+
+
+def _inherited_watch_fd(value: str) -> int | None:
+    """The watch pipe's fd from ``"fd:inode"``, or None if it did not survive.
+
+    A wrapper may have closed it (sudo, scripts closing inherited fds), and then
+    the number may even belong to another file by now: only the pipe the
+    manager passed (same inode) counts.
+    """
+    fd_text, _, ino_text = value.partition(":")
+    try:
+        fd = int(fd_text)
+        ino = int(ino_text) if ino_text else None
+        st = os.fstat(fd)
+    except (ValueError, OSError):
+        return None
+    if not stat.S_ISFIFO(st.st_mode) or (ino is not None and st.st_ino != ino):
+        return None
+    os.set_inheritable(fd, False)  # user code's subprocesses must not hold it
+    return fd
 
 
 def _register(url: str, token: str, app: object) -> None:
@@ -76,6 +103,17 @@ def _connection_file_arg(argv: list[str]) -> list[str]:
     return []
 
 
+def _block_sigint() -> set[int | signal.Signals] | None:
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _restore_mask(mask: set[int | signal.Signals] | None) -> None:
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     # Running as a script put our package directory first on sys.path. Drop it:
@@ -86,11 +124,20 @@ def main() -> None:
 
     url = os.environ.pop("KERNELKEEPER_REGISTER", "")
     token = os.environ.pop("KERNELKEEPER_TOKEN", "")
-    watch_fd = os.environ.pop("KERNELKEEPER_WATCH_FD", "")
-    if watch_fd:
-        fd = int(watch_fd)
-        os.set_inheritable(fd, False)  # user code's subprocesses must not hold it
-        files = _connection_file_arg(sys.argv[1:])
+    fd = _inherited_watch_fd(os.environ.pop("KERNELKEEPER_WATCH_FD", ""))
+    # Files the watchdog removes: the connection file now, the ipc sockets once
+    # the kernel has bound them (their names depend on the ports it chose).
+    files = _connection_file_arg(sys.argv[1:])
+    # SIGINT is for the main thread, where user code runs. The kernel's
+    # interrupts (ours by killpg, and ipykernel's own for an interrupt_request)
+    # are process-directed, and Linux may hand such a signal to any thread that
+    # does not block it: then a main thread in time.sleep() or a blocking read
+    # is not woken, and the KeyboardInterrupt waits for the call to end. So
+    # every thread started from here on (the watchdog, ipykernel's heartbeat,
+    # iopub, control and shell-channel threads, all created in initialize())
+    # inherits a mask that blocks SIGINT; the main thread unblocks it below.
+    sigint_mask = _block_sigint()
+    if fd is not None:
         threading.Thread(
             target=_watch_parent, args=(fd, files), daemon=True, name="kk-watch"
         ).start()
@@ -102,13 +149,29 @@ def main() -> None:
     # above does that job without a polling thread (and no console banner).
     app.parent_handle = 1
     app.initialize(sys.argv[1:])  # type: ignore[no-untyped-call]
+    _restore_mask(sigint_mask)
+    if getattr(app, "transport", "tcp") == "ipc":
+        files.extend(
+            f"{app.ip}-{getattr(app, f'{ch}_port')}"
+            for ch in ("shell", "iopub", "stdin", "control", "hb")
+        )
     if url:
         _register(url, token, app)
     app.start()  # type: ignore[no-untyped-call]
-    _fast_exit()
+    _fast_exit(_history_files(app))
 
 
-def _fast_exit() -> None:
+def _history_files(app: object) -> list[str]:
+    """IPython's history database (and sqlite's side files): open for writing,
+    never through a Python file object."""
+    shell = getattr(app, "shell", None)
+    hist = getattr(getattr(shell, "history_manager", None), "hist_file", None)
+    if not hist or str(hist) == ":memory:":
+        return []
+    return [str(hist) + suffix for suffix in ("", "-journal", "-wal", "-shm")]
+
+
+def _fast_exit(not_ours: Sequence[str] = ()) -> None:
     """Leave the way the interpreter would, minus its final teardown.
 
     After a shutdown_request, ~90% of an ipykernel's exit time is the
@@ -123,6 +186,8 @@ def _fast_exit() -> None:
     except Exception:
         pass
     atexit._run_exitfuncs()
+    if _writable_files_open(not_ours):
+        _flush_open_files()
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             if stream is not None:
@@ -130,6 +195,74 @@ def _fast_exit() -> None:
         except Exception:
             pass
     os._exit(0)
+
+
+def _writable_files_open(not_ours: Sequence[str]) -> bool:
+    """Is a regular file open for writing on some fd above 2 (other than ``not_ours``)?
+
+    A cheap test (an fstat per fd) that spares the heap walk of
+    :func:`_flush_open_files` (~10-20 ms in a kernel) when no file could hold
+    unwritten data. Pipes and sockets are left out: their readers are in the
+    kernel's process group, which dies with it, or the data is someone else's.
+    """
+    try:
+        import fcntl
+
+        names = os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd")
+    except (ImportError, OSError):
+        return True  # cannot tell: look
+    skip = set()
+    for path in not_ours:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        skip.add((st.st_dev, st.st_ino))
+    for name in names:
+        fd = int(name)
+        if fd <= 2:
+            continue
+        try:
+            st = os.fstat(fd)
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        except OSError:  # the listing's own fd, closed by now
+            continue
+        if not stat.S_ISREG(st.st_mode) or flags & os.O_ACCMODE == os.O_RDONLY:
+            continue
+        if (st.st_dev, st.st_ino) not in skip:
+            return True
+    return False
+
+
+def _flush_open_files() -> None:
+    """Flush every file object still open for writing.
+
+    The interpreter's teardown would close (so flush) each one as it frees
+    it; without that, ``f = open(p, "w"); f.write("x")`` in a cell would be
+    lost. Text files first: flushing them fills their binary buffers.
+    """
+    import gc
+    import io
+
+    # The C base classes (a plain subtype check; io.IOBase is an ABC, far slower
+    # over the whole heap), found through the MRO of the concrete classes.
+    base: type = next((c for c in io.FileIO.__mro__ if c.__name__ == "_IOBase"), io.IOBase)
+    text_base: type = next(
+        (c for c in io.TextIOWrapper.__mro__ if c.__name__ == "_TextIOBase"), io.TextIOBase
+    )
+    text: list[Any] = []
+    binary: list[Any] = []
+    # type(), not isinstance(): that could run an object's own __class__ property.
+    for obj in gc.get_objects():
+        cls = type(obj)
+        if issubclass(cls, base):
+            (text if issubclass(cls, text_base) else binary).append(obj)
+    for f in (*text, *binary):
+        try:
+            if not f.closed and f.writable():
+                f.flush()
+        except Exception:
+            pass
 
 
 if __name__ == "__main__":

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import contextlib
+import logging
 import os
-import threading
+import queue
 import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 
-from .client import AsyncKernelClient, CellResult, Channel, HBChannel
+from . import loopthread
+from .blocking_channels import BlockingChannel, BlockingHBChannel
+from .client import AsyncKernelClient, CellResult
 from .connection import ConnectionInfo
+from .execution import maybe_await
+from .loopthread import LoopThread, portal
 from .manager import _LAUNCH_KEYS, AsyncKernelManager, KernelEvent
 from .session import Message, Session
 
@@ -33,149 +37,23 @@ __all__ = [
 
 T = TypeVar("T")
 
-
-class LoopThread:
-    """An asyncio event loop running forever on a daemon thread."""
-
-    def __init__(self, name: str = "kernelkeeper-loop") -> None:
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._main, args=(ready,), name=name, daemon=True)
-        self.thread.start()
-        ready.wait()
-
-    def _main(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(ready.set)
-        self.loop.run_forever()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and block until it finishes."""
-        if threading.current_thread() is self.thread:
-            coro.close()
-            raise RuntimeError(
-                "A blocking kernelkeeper call was made from the library's own event-loop "
-                "thread (e.g. inside a callback); use the async API there"
-            )
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            if fut.done():
-                # The coroutine itself raised a TimeoutError (e.g. KernelTimeoutError;
-                # concurrent.futures.TimeoutError is TimeoutError since 3.11).
-                return fut.result()
-            fut.cancel()
-            raise TimeoutError(f"Operation did not finish within {timeout} s") from None
-        except BaseException:
-            # e.g. KeyboardInterrupt in the caller: do not leave the work running.
-            fut.cancel()
-            raise
-
-    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a plain function on the loop thread (for loop-bound objects)."""
-        if threading.current_thread() is self.thread:
-            # Already on the loop (e.g. a stdin hook calling kc.input()): call it directly.
-            return fn(*args, **kwargs)
-
-        async def wrapper() -> T:
-            return fn(*args, **kwargs)
-
-        return self.run(wrapper())
+log = logging.getLogger("kernelkeeper.blocking")
 
 
-_portal: LoopThread | None = None
-_portal_lock = threading.Lock()
-
-
-def portal() -> LoopThread:
-    """The library's loop thread, started on first use (and again after a fork)."""
-    global _portal
-    with _portal_lock:
-        if _portal is None or not _portal.thread.is_alive():
-            _portal = LoopThread()
-        return _portal
-
-
-def _forget_portal() -> None:
-    global _portal
-    _portal = None  # threads do not survive fork
+def _forget_managers() -> None:
+    global _live_managers
+    # A forked child does not own its parent's kernels: its exit must not
+    # shut them down (see _shutdown_leftovers).
+    _live_managers = weakref.WeakSet()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_portal)
+    os.register_at_fork(after_in_child=_forget_managers)
 
 
 async def _awaited(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     # Called on the loop thread: the sockets are that thread's alone.
     return await fn(*args, **kwargs)
-
-
-class BlockingChannel:
-    """A channel whose ``get_msg`` blocks (jupyter_client's blocking channel API)."""
-
-    def __init__(self, channel: Channel, portal: LoopThread) -> None:
-        self._channel = channel
-        self._portal = portal
-
-    def __repr__(self) -> str:
-        return repr(self._channel).replace("<Channel", "<BlockingChannel")
-
-    @property
-    def session(self) -> Session:
-        return self._channel.session
-
-    def get_msg(self, block: bool = True, timeout: float | None = None) -> Message:
-        """The next message; :class:`queue.Empty` if none arrives within ``timeout``."""
-        if not block:
-            timeout = 0
-        return self._portal.run(self._channel.get_msg(timeout))
-
-    def get_msgs(self) -> list[Message]:
-        return self._portal.run(self._channel.get_msgs())
-
-    def msg_ready(self) -> bool:
-        return not self._channel.queue.empty()
-
-    def send(self, msg: Mapping[str, Any]) -> None:
-        self._portal.call(self._channel.send, msg)
-
-    def is_alive(self) -> bool:
-        return self._channel.is_alive()
-
-    def start(self) -> None:
-        self._portal.call(self._channel.start)
-
-    def stop(self) -> None:
-        self._portal.run(self._channel.aclose())
-
-
-class BlockingHBChannel:
-    def __init__(self, hb: HBChannel, portal: LoopThread) -> None:
-        self._hb = hb
-        self._portal = portal
-
-    @property
-    def time_to_dead(self) -> float:
-        return self._hb.time_to_dead
-
-    def is_beating(self) -> bool:
-        return self._hb.is_beating()
-
-    def is_alive(self) -> bool:
-        return self._hb.is_alive()
-
-    def pause(self) -> None:
-        self._portal.call(self._hb.pause)
-
-    def unpause(self) -> None:
-        self._portal.call(self._hb.unpause)
-
-    def start(self) -> None:
-        self._portal.call(self._hb.start)
-
-    def stop(self) -> None:
-        self._portal.run(self._hb.aclose())
 
 
 class BlockingKernelClient:
@@ -361,17 +239,21 @@ class BlockingKernelClient:
     def input(self, string: str) -> None:
         self._portal.call(self._ac.input, string)
 
-    def get_shell_msg(self, block: bool = True, timeout: float | None = None) -> Message:
-        return self.shell_channel.get_msg(block, timeout)
+    def get_shell_msg(self, timeout: float | None = None, *, block: bool = True) -> Message:
+        """The next unclaimed shell message; :class:`queue.Empty` after ``timeout`` s."""
+        return self.shell_channel.get_msg(timeout, block=block)
 
-    def get_iopub_msg(self, block: bool = True, timeout: float | None = None) -> Message:
-        return self.iopub_channel.get_msg(block, timeout)
+    def get_iopub_msg(self, timeout: float | None = None, *, block: bool = True) -> Message:
+        """The next unclaimed iopub message; :class:`queue.Empty` after ``timeout`` s."""
+        return self.iopub_channel.get_msg(timeout, block=block)
 
-    def get_stdin_msg(self, block: bool = True, timeout: float | None = None) -> Message:
-        return self.stdin_channel.get_msg(block, timeout)
+    def get_stdin_msg(self, timeout: float | None = None, *, block: bool = True) -> Message:
+        """The next unclaimed stdin message; :class:`queue.Empty` after ``timeout`` s."""
+        return self.stdin_channel.get_msg(timeout, block=block)
 
-    def get_control_msg(self, block: bool = True, timeout: float | None = None) -> Message:
-        return self.control_channel.get_msg(block, timeout)
+    def get_control_msg(self, timeout: float | None = None, *, block: bool = True) -> Message:
+        """The next unclaimed control message; :class:`queue.Empty` after ``timeout`` s."""
+        return self.control_channel.get_msg(timeout, block=block)
 
     def is_alive(self) -> bool:
         return self._portal.run(self._ac.is_alive())
@@ -388,8 +270,17 @@ class BlockingKernelClient:
         output_hook: Callable[[Message], Any] | None = None,
         stdin_hook: Callable[[Message], Any] | None = None,
     ) -> Message:
-        """Execute and wait for the reply; hooks run on the library's loop thread."""
-        return self._portal.run(
+        """Execute and wait for the reply; see :meth:`AsyncKernelClient.execute_interactive`.
+
+        ``output_hook`` and ``stdin_hook`` run in the calling thread, in
+        message order, so a slow hook never stalls the library's loop (and
+        the other kernels on it). A ``stdin_hook`` may be a coroutine
+        function; its coroutine runs on the loop. Without ``output_hook``
+        output goes to this process's stdout/stderr.
+        """
+        inbox, out, inp = _relays(output_hook, stdin_hook)
+        return self._run_relayed(
+            inbox,
             self._ac.execute_interactive(
                 code,
                 silent,
@@ -398,9 +289,9 @@ class BlockingKernelClient:
                 allow_stdin,
                 stop_on_error,
                 timeout,
-                output_hook,
-                stdin_hook,
-            )
+                out,
+                inp,
+            ),
         )
 
     def run_cell(
@@ -414,18 +305,65 @@ class BlockingKernelClient:
         store_history: bool = True,
         stop_on_error: bool = True,
     ) -> CellResult:
-        """Execute ``code`` and collect its outputs; see :meth:`AsyncKernelClient.run_cell`."""
-        return self._portal.run(
+        """Execute ``code`` and collect its outputs; see :meth:`AsyncKernelClient.run_cell`.
+
+        ``on_output`` and ``stdin_hook`` run in the calling thread, in
+        message order (see :meth:`execute_interactive`).
+        """
+        inbox, out, inp = _relays(on_output, stdin_hook)
+        return self._run_relayed(
+            inbox,
             self._ac.run_cell(
                 code,
                 timeout=timeout,
-                on_output=on_output,
-                stdin_hook=stdin_hook,
+                on_output=out,
+                stdin_hook=inp,
                 silent=silent,
                 store_history=store_history,
                 stop_on_error=stop_on_error,
-            )
+            ),
         )
+
+    def _run_relayed(self, inbox: queue.SimpleQueue[Any], coro: Coroutine[Any, Any, T]) -> T:
+        # The loop only queues (hook, message) pairs; this thread, which waits
+        # anyway, takes them off in order and runs the hooks.
+        fut = self._portal.submit(coro)
+        # Set on the loop after the last hook message was queued: it comes last.
+        fut.add_done_callback(lambda _: inbox.put(_DONE))
+        try:
+            while True:
+                item = inbox.get()
+                if item is _DONE:
+                    return fut.result()
+                hook, msg = item
+                try:
+                    result = hook(msg)
+                    if asyncio.iscoroutine(result):
+                        self._portal.run(maybe_await(result))
+                except Exception:  # a failing user hook must not end the execution
+                    log.exception("Error in a hook handling a %s message", msg.get("msg_type"))
+        except BaseException:
+            fut.cancel()  # e.g. KeyboardInterrupt: do not leave the execution running
+            raise
+
+
+_DONE = object()
+
+
+def _relays(
+    output_hook: Callable[[Message], Any] | None, stdin_hook: Callable[[Message], Any] | None
+) -> tuple[
+    queue.SimpleQueue[Any], Callable[[Message], None] | None, Callable[[Message], None] | None
+]:
+    """A hand-over queue, and hooks for the loop that only put ``(hook, msg)`` on it."""
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def relay(hook: Callable[[Message], Any] | None) -> Callable[[Message], None] | None:
+        if hook is None:
+            return None
+        return lambda msg: inbox.put((hook, msg))
+
+    return inbox, relay(output_hook), relay(stdin_hook)
 
 
 _live_managers: weakref.WeakSet[KernelManager] = weakref.WeakSet()
@@ -582,8 +520,9 @@ class KernelManager:
 def _shutdown_leftovers() -> None:
     # Kernels die with this process anyway (their watchdog sees the pipe
     # close); here we also reap them and remove their connection files.
-    managers = [m for m in list(_live_managers) if m.has_kernel]
-    if not managers or _portal is None or not _portal.thread.is_alive():
+    lt = loopthread.current()
+    managers = [m for m in list(_live_managers) if m._portal is lt and m.has_kernel]
+    if not managers or lt is None:
         return
 
     async def stop_all() -> None:
@@ -592,7 +531,7 @@ def _shutdown_leftovers() -> None:
         )
 
     with contextlib.suppress(Exception):
-        _portal.run(stop_all(), timeout=10)
+        lt.run(stop_all(), timeout=10)
 
 
 def start_new_kernel(

@@ -3,6 +3,8 @@
 kernelkeeper list                      kernel types that can be started
 kernelkeeper run -c "print(1)"         run code in a fresh kernel, print its output
 kernelkeeper run script.py             the same with a file
+                                       (exit status: 0 ok, 1 error in the code,
+                                       2 usage or kernelkeeper error, 3 kernel died)
 kernelkeeper start [-k NAME]           start a kernel, print its connection file, keep it
                                        running until Ctrl-C
 """
@@ -18,13 +20,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from .client import AsyncKernelClient, print_output
-from .errors import KernelError
+from .curve import POLICIES
+from .errors import KernelDiedError, KernelError
 from .finder import KernelFinder
 from .kernelspec import list_kernel_specs
 from .manager import AsyncKernelManager
 from .session import Message
 
 __all__ = ["main"]
+
+#: Exit status of ``run`` when the kernel died (1 is an error in the code, 2 ours).
+EXIT_KERNEL_DIED = 3
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -58,7 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, code: str) -> int:
-    km = AsyncKernelManager(args.kernel)
+    km = AsyncKernelManager(args.kernel, transport_encryption=args.encryption)
     await km.start_kernel(startup_timeout=args.timeout)
     kc: AsyncKernelClient | None = None
     try:
@@ -83,7 +89,9 @@ def _stdin_hook(kc: AsyncKernelClient) -> Any:
 
 
 async def _start(args: argparse.Namespace) -> int:
-    km = AsyncKernelManager(args.kernel, transport=args.transport)
+    km = AsyncKernelManager(
+        args.kernel, transport=args.transport, transport_encryption=args.encryption
+    )
     await km.start_kernel(startup_timeout=args.timeout)
     try:
         await km.wait_ready(args.timeout)
@@ -126,11 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--code", help="code to run")
     run.add_argument("-k", "--kernel", default="", help="kernel type (default: python3)")
     run.add_argument("--timeout", type=float, default=60.0, help="startup timeout (s)")
+    # Every client of this kernel is ours: encrypt whenever the kernel can.
+    run.add_argument(
+        "--encryption",
+        default="auto",
+        choices=POLICIES,
+        help="CurveZMQ transport encryption (default: auto, when the kernel supports it)",
+    )
     run.set_defaults(func=_cmd_run)
     start = sub.add_parser("start", help="start a kernel and keep it until Ctrl-C")
     start.add_argument("-k", "--kernel", default="", help="kernel type (default: python3)")
     start.add_argument("--transport", default="tcp", choices=("tcp", "ipc"))
     start.add_argument("--timeout", type=float, default=60.0, help="startup timeout (s)")
+    # Off by default here: the printed connection file is for other clients,
+    # and jupyter_client before 8.10 cannot speak CurveZMQ.
+    start.add_argument(
+        "--encryption",
+        default="disabled",
+        choices=POLICIES,
+        help="CurveZMQ transport encryption (default: disabled, for older clients)",
+    )
     start.set_defaults(func=lambda a: asyncio.run(_start(a)))
     return p
 
@@ -139,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except KernelDiedError as e:
+        # The message carries the exit code or signal and the kernel's stderr tail.
+        print(f"kernelkeeper: {e}", file=sys.stderr)
+        return EXIT_KERNEL_DIED
     except KernelError as e:
         print(f"kernelkeeper: {e}", file=sys.stderr)
         return 2

@@ -2,30 +2,35 @@
 
 Two ways to get ports, chosen per kernel:
 
-* **Handshake** (any ipykernel, i.e. argv runs ``-m ipykernel_launcher`` or
-  ``-m ipykernel``): the kernel is started through a small launcher script
-  with port 0 in its connection file, binds ports the OS picks, and reports
-  them back over a registration socket, signed with the kernel's key. No
-  window exists in which another process can take a port, so concurrent
-  starts cannot collide.
-* **Pre-assigned** (every other kernel): free ports are picked here, as
-  jupyter_client does, and written to the connection file.
+* **Handshake** (an ipykernel run directly by a Python interpreter:
+  ``python [options] -m ipykernel_launcher ...``): the kernel is started
+  through a small launcher script with port 0 in its connection file, binds
+  ports the OS picks, and reports them back over a registration socket,
+  signed with the kernel's key. No window exists in which another process
+  can take a port, so concurrent starts cannot collide.
+* **Pre-assigned** (every other kernel, and ipykernels started through a
+  wrapper such as ``sh -c``, ``env -i``, ``sudo`` or ``conda run``, which may
+  clear the environment the report needs): free ports are picked here, as
+  jupyter_client does, and written to the connection file. The launch then
+  waits until the kernel has bound them (the launcher's report when it gets
+  through, else its listening sockets); a kernel that exits during the start
+  because a port was taken meanwhile ("Address already in use") is started
+  again on fresh ports, up to three times.
+
+An ipykernel behind a wrapper still runs through the launcher (its fast exit,
+its report where the environment survives). Orphan protection: see
+:mod:`kernelkeeper.guard`.
 
 On restart the connection info of the previous run is passed back in and
-reused unchanged: same ports, same key, same file.
+reused unchanged: same ports, same key, same CurveZMQ keys, same file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import ctypes.util
-import hashlib
-import hmac
-import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -33,13 +38,13 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
-import zmq
-import zmq.asyncio
-
 from . import connection as _conn
+from . import curve
 from .connection import ConnectionInfo
-from .errors import KernelDiedError, KernelStartError, KernelTimeoutError
+from .errors import ConfigurationError, KernelDiedError, KernelStartError, KernelTimeoutError
+from .guard import guard_argv, pdeathsig_preexec, watch_fd, watch_id
 from .kernelspec import KernelSpec
+from .registration import BindProbe, Registrar
 from .subproc import KernelManager
 
 __all__ = ["launch_kernel", "uses_handshake"]
@@ -47,194 +52,64 @@ __all__ = ["launch_kernel", "uses_handshake"]
 log = logging.getLogger("kernelkeeper.launch")
 
 _LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ipykernel_launcher.py")
+_IPYKERNEL_MODULES = ("ipykernel_launcher", "ipykernel")
+# Interpreter options that take the next argument as their value.
+_PY_OPTS_WITH_VALUE = frozenset({"-W", "-X", "--check-hash-based-pycs"})
+_PYTHON_NAME = re.compile(r"python(\d+(\.\d+)*)?(\.exe)?", re.ASCII)
+#: Starts on pre-assigned ports, in all, when a port turns out to be taken.
+_PORT_TRIES = 3
+#: How often a starting kernel on pre-assigned ports is checked for its listeners.
+_PROBE_INTERVAL = 0.02
 
 
 def uses_handshake(argv: Sequence[str]) -> bool:
-    """True when ``argv`` starts an ipykernel we can run through our launcher."""
+    """True when ``argv`` starts an ipykernel (``-m ipykernel_launcher`` or
+    ``-m ipykernel``, directly or through a wrapper): it runs through our launcher."""
+    return _ipykernel_module_index(argv) is not None
+
+
+def _ipykernel_module_index(argv: Sequence[str]) -> int | None:
     for i, arg in enumerate(argv[:-1]):
-        if arg == "-m" and argv[i + 1] in ("ipykernel_launcher", "ipykernel"):
-            return True
+        if arg == "-m" and argv[i + 1] in _IPYKERNEL_MODULES:
+            return i
+    return None
+
+
+def _is_python(exe: str) -> bool:
+    """Is ``exe`` a Python interpreter (by name, or because it is this one)?"""
+    if _PYTHON_NAME.fullmatch(os.path.basename(exe)):
+        return True
+    path = exe if os.sep in exe else shutil.which(exe)
+    if not path:
+        return False
+    real = os.path.realpath(path)
+    if sys.executable and real == os.path.realpath(sys.executable):
+        return True
+    return _PYTHON_NAME.fullmatch(os.path.basename(real)) is not None
+
+
+def _binds_port_zero(argv: Sequence[str]) -> bool:
+    """Can the kernel take the handshake? Only when the interpreter itself runs
+    ipykernel: a wrapper in between may clear the environment the report needs."""
+    if not argv or not _is_python(argv[0]):
+        return False
+    i = 1
+    while i < len(argv) - 1:
+        arg = argv[i]
+        if arg == "-m":
+            return argv[i + 1] in _IPYKERNEL_MODULES
+        if not arg.startswith("-") or arg in ("-", "-c"):
+            return False
+        i += 2 if arg in _PY_OPTS_WITH_VALUE else 1
     return False
 
 
-def _handshake_argv(argv: Sequence[str]) -> list[str]:
+def _launcher_argv(argv: Sequence[str]) -> list[str]:
     out = list(argv)
-    for i, arg in enumerate(out[:-1]):
-        if arg == "-m" and out[i + 1] in ("ipykernel_launcher", "ipykernel"):
-            out[i : i + 2] = [_LAUNCHER]
-            break
+    i = _ipykernel_module_index(out)
+    if i is not None:
+        out[i : i + 2] = [_LAUNCHER]
     return out
-
-
-# -- orphan protection ---------------------------------------------------------
-
-_watch_fds: tuple[int, int] | None = None
-
-
-def _watch_fd() -> int:
-    """Read end of a pipe whose write end only this process holds (for life).
-
-    Every kernel started through the launcher watches it: when this process
-    dies, however it dies, the pipe reaches EOF and the kernel kills its group.
-    """
-    global _watch_fds
-    if _watch_fds is None:
-        _watch_fds = os.pipe()  # both ends close-on-exec; pass_fds hands the read end on
-    return _watch_fds[0]
-
-
-def _reset_after_fork() -> None:
-    global _watch_fds
-    _watch_fds = None  # a forked child must not keep its parent's kernels alive
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
-
-_libc: Any = None
-
-
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    if _libc is not None:
-        _libc.prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG, SIGKILL
-
-
-def _pdeathsig_preexec() -> Any:
-    """A preexec_fn that has the kernel killed when its parent dies (Linux only)."""
-    global _libc
-    if not sys.platform.startswith("linux"):
-        return None
-    if _libc is None:
-        name = ctypes.util.find_library("c")
-        if not name:
-            return None
-        _libc = ctypes.CDLL(name, use_errno=True)
-    return _set_pdeathsig
-
-
-# Kernels that do not go through our launcher are started as
-# ``python -I -S -c _GUARD <kernel argv>``: this forks a guard into the kernel's
-# process group (double fork, so it is not the kernel's child: ipykernel-based
-# kernels would wait on it at shutdown), then execs the kernel in place, same pid.
-# The guard ignores the signals a manager sends a group and blocks on the watch
-# pipe; when the manager dies the pipe reaches EOF and the guard removes the
-# kernel's files and SIGKILLs the group: the kernel and everything it spawned.
-# While the kernel lives, the manager kills the group (guard included) when it exits.
-_GUARD = r"""
-import os, signal, sys
-fd = int(os.environ.pop("KERNELKEEPER_WATCH_FD"))
-files = [f for f in os.environ.pop("KERNELKEEPER_WATCH_FILES", "").split("\n") if f]
-pid = os.fork()
-if pid == 0:
-    if os.fork() == 0:
-        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(s, signal.SIG_IGN)
-        null = os.open(os.devnull, os.O_RDWR)
-        for i in (0, 1, 2):
-            os.dup2(null, i)
-        try:
-            while os.read(fd, 4096):
-                pass
-        except OSError:
-            os._exit(0)
-        for f in files:
-            try:
-                os.unlink(f)
-            except OSError:
-                pass
-        os.killpg(0, signal.SIGKILL)
-    os._exit(0)
-os.waitpid(pid, 0)
-os.close(fd)
-try:
-    os.execvp(sys.argv[1], sys.argv[1:])
-except OSError as e:
-    sys.stderr.write("kernelkeeper: cannot execute %r: %s\n" % (sys.argv[1], e))
-    os._exit(127)
-"""
-
-
-def _guard_argv(
-    argv: Sequence[str], env: Mapping[str, str], cwd: str | os.PathLike[str] | None
-) -> list[str] | None:
-    """``argv`` run under the group guard, or None where it cannot be (Windows, or an
-    executable that does not exist: Popen then reports that as it always did)."""
-    if sys.platform == "win32" or not argv:
-        return None
-    exe = argv[0]
-    if os.sep in exe:
-        path = os.path.join(os.fspath(cwd), exe) if cwd is not None else exe
-        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            return None
-    elif shutil.which(exe, path=env.get("PATH", os.defpath)) is None:
-        return None
-    return [sys.executable, "-I", "-S", "-c", _GUARD, *argv]
-
-
-# -- registration --------------------------------------------------------------
-
-
-class _Registrar:
-    """One PULL socket per event loop collecting kernels' port reports.
-
-    It exists only while some launch waits on it: the first waiter opens it,
-    the last one to leave closes the socket and awaits its receive task.
-    """
-
-    _by_loop: dict[asyncio.AbstractEventLoop, _Registrar] = {}
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.ctx = zmq.asyncio.Context.instance()
-        self.sock = self.ctx.socket(zmq.PULL)
-        self.sock.linger = 0
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.url = f"tcp://127.0.0.1:{port}"
-        self.waiters: dict[str, tuple[bytes, asyncio.Future[dict[str, Any]]]] = {}
-        self.task = loop.create_task(self._receive())
-
-    @classmethod
-    def get(cls) -> _Registrar:
-        loop = asyncio.get_running_loop()
-        reg = cls._by_loop.get(loop)
-        if reg is None:
-            reg = cls._by_loop[loop] = cls(loop)
-        return reg
-
-    def expect(self, token: str, key: bytes) -> asyncio.Future[dict[str, Any]]:
-        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
-        self.waiters[token] = (key, fut)
-        return fut
-
-    async def release(self, token: str) -> None:
-        self.waiters.pop(token, None)
-        if self.waiters or self._by_loop.get(self.loop) is not self:
-            return
-        del self._by_loop[self.loop]
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        self.sock.close()
-
-    async def _receive(self) -> None:
-        while True:
-            frames = await self.sock.recv_multipart()
-            try:
-                body, sig = frames
-                report = json.loads(body)
-                key, fut = self.waiters[report["token"]]
-            except (ValueError, KeyError, TypeError):
-                log.warning("Dropped a malformed or unexpected kernel registration")
-                continue
-            expected = hmac.new(key, body, hashlib.sha256).hexdigest().encode() if key else b""
-            if not hmac.compare_digest(expected, sig):
-                log.warning("Dropped a kernel registration with a bad signature")
-                continue
-            if not fut.done():
-                fut.set_result(report)
-
-
-# -- launching -----------------------------------------------------------------
 
 
 def _kernel_env(spec: KernelSpec, env: Mapping[str, str] | None) -> dict[str, str]:
@@ -246,6 +121,79 @@ def _kernel_env(spec: KernelSpec, env: Mapping[str, str] | None) -> dict[str, st
     # Shared with jupyter_client: speeds up debugpy's import in the kernel.
     merged.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     return merged
+
+
+def _curve_keys(
+    policy: str, spec: KernelSpec, transport: str, previous: ConnectionInfo | None
+) -> tuple[bytes, bytes] | None:
+    """The kernel's CurveZMQ keypair under ``policy``, or None for no encryption."""
+    if policy not in curve.POLICIES:
+        raise ConfigurationError(
+            f"transport_encryption must be one of {', '.join(curve.POLICIES)}, not {policy!r}"
+        )
+    if previous is not None and previous.encrypted:
+        assert previous.curve_publickey is not None and previous.curve_secretkey is not None
+        return previous.curve_publickey, previous.curve_secretkey  # a restart keeps them
+    if policy == "disabled":
+        return None
+    why = []
+    if transport != "tcp":
+        why.append(f"the transport is {transport!r} (CurveZMQ needs tcp)")
+    if not curve.available():
+        why.append("libzmq was built without CurveZMQ")
+    if not curve.supports_curve(spec.metadata):
+        why.append('the kernelspec does not declare "supported_encryption": ["curve"]')
+    if not why:
+        return curve.new_keypair()
+    if policy == "required":
+        name = spec.name or spec.display_name
+        raise ConfigurationError(
+            f"transport_encryption='required' but kernel {name!r} cannot be encrypted: "
+            + "; ".join(why)
+        )
+    return None
+
+
+def _first_info(
+    spec: KernelSpec,
+    previous: ConnectionInfo | None,
+    kernel_id: str,
+    transport: str,
+    ip: str,
+    kernel_name: str,
+    policy: str,
+) -> ConnectionInfo:
+    if previous is not None and previous.has_ports:
+        _curve_keys(policy, spec, previous.transport, previous)  # validates the policy
+        return previous
+    keys = _curve_keys(policy, spec, transport, previous)
+    if transport == "ipc" and ip in ("", "127.0.0.1", "localhost"):
+        ip = os.path.join(_conn.runtime_dir(), f"kernel-{kernel_id}-ipc")
+    key = previous.key if previous and previous.key else _conn.new_key()
+    info = ConnectionInfo(transport=transport, ip=ip, key=key, kernel_name=kernel_name)
+    if keys is not None:
+        info = info.replace(curve_publickey=keys[0], curve_secretkey=keys[1])
+    return info
+
+
+def _with_free_ports(info: ConnectionInfo) -> ConnectionInfo:
+    if info.transport == "tcp":
+        ports = _conn.allocate_ports(info.ip)
+    else:
+        ports = _conn.allocate_ipc_ports(info.ip)
+    return info.replace(**{f"{ch}_port": p for ch, p in zip(_conn.CHANNELS, ports, strict=True)})
+
+
+def _port_taken(stderr_tail: str) -> bool:
+    return "Address already in use" in stderr_tail or "EADDRINUSE" in stderr_tail
+
+
+class _PortTaken(Exception):
+    """The kernel exited at start because one of its pre-assigned ports was taken."""
+
+    def __init__(self, error: KernelDiedError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 async def launch_kernel(
@@ -264,147 +212,251 @@ async def launch_kernel(
     independent: bool = False,
     startup_timeout: float = 60.0,
     kernel_name: str = "",
+    transport_encryption: str = "disabled",
 ) -> tuple[ConnectionInfo, KernelManager]:
     """Start ``spec`` in a new process session; return its connection info and manager.
 
-    ``connection_info`` (with ports) reuses a previous run's ports and key, as
-    a restart must. ``env`` replaces the inherited environment (the spec's own
-    ``env`` is applied on top). ``independent=True`` lets the kernel outlive
-    this process. For an ipykernel the call returns once the kernel has bound
-    its sockets; a kernel that dies before that raises :class:`KernelDiedError`
-    with its exit code and stderr tail.
+    ``connection_info`` (with ports) reuses a previous run's ports, key and
+    CurveZMQ keys, as a restart must. ``env`` replaces the inherited
+    environment (the spec's own ``env`` is applied on top). ``independent=True``
+    lets the kernel outlive this process. ``transport_encryption`` is one of
+    :data:`kernelkeeper.curve.POLICIES`: ``"auto"`` encrypts a tcp kernel whose
+    spec declares CurveZMQ support, ``"required"`` raises
+    :class:`ConfigurationError` where that is not possible.
+
+    The call returns once the kernel has bound its sockets (on platforms
+    without ``/proc``, a kernel on pre-assigned ports returns at once); a
+    kernel that dies before that raises :class:`KernelDiedError` with its exit
+    code and stderr tail, one that takes longer than ``startup_timeout``
+    :class:`KernelTimeoutError`. A collision on pre-assigned ports is only
+    detected while stderr is captured (``stderr=None``).
     """
     kernel_id = kernel_id or str(uuid.uuid4())
     cf = connection_file or _conn.connection_file_path(kernel_id)
-    handshake = uses_handshake(spec.argv)
-    reuse = connection_info is not None and connection_info.has_ports
-
-    if reuse:
-        assert connection_info is not None
-        info = connection_info
-    else:
-        if transport == "ipc" and ip in ("", "127.0.0.1", "localhost"):
-            ip = os.path.join(_conn.runtime_dir(), f"kernel-{kernel_id}-ipc")
-        key = connection_info.key if connection_info and connection_info.key else _conn.new_key()
-        info = ConnectionInfo(
-            transport=transport, ip=ip, key=key, kernel_name=kernel_name or spec.name
-        )
-        if not handshake:
-            ports = _conn.allocate_ports(ip) if transport == "tcp" else _conn.allocate_ipc_ports(ip)
-            info = info.replace(
-                **{f"{ch}_port": p for ch, p in zip(_conn.CHANNELS, ports, strict=True)}
-            )
-    _conn.write_connection_file(info, cf)
-
-    argv = spec.format_argv(cf)
-    argv += list(extra_arguments)
-    kenv = _kernel_env(spec, env)
-    pass_fds: tuple[int, ...] = ()
-    preexec = None
-    registrar: _Registrar | None = None
-    if handshake:
-        argv = _handshake_argv(argv)
-        registrar = _Registrar.get()
-        kenv["KERNELKEEPER_REGISTER"] = registrar.url
-        kenv["KERNELKEEPER_TOKEN"] = kernel_id
-        kenv.pop("JPY_PARENT_PID", None)
-        if not independent:
-            fd = _watch_fd()
-            pass_fds = (fd,)
-            kenv["KERNELKEEPER_WATCH_FD"] = str(fd)
-    elif not independent:
-        guarded = _guard_argv(argv, kenv, cwd)
-        if guarded is not None:
-            # The guard takes the kernel's whole group when this process dies.
-            fd = _watch_fd()
-            pass_fds = (fd,)
-            kenv["KERNELKEEPER_WATCH_FD"] = str(fd)
-            kenv["KERNELKEEPER_WATCH_FILES"] = "\n".join([cf, *info.ipc_paths()])
-            argv = guarded
-        else:
-            # Fallback: PDEATHSIG takes the kernel process only, and fires when the
-            # *thread* that started it ends, so it is not the first choice.
-            preexec = _pdeathsig_preexec()
-
-    capture = stderr is None
-    err_r = err_w = -1
-    if capture:
-        err_r, err_w = os.pipe()
-    reg_fut = registrar.expect(kernel_id, info.key) if registrar else None
-    try:
-        try:
-            # Popen, not asyncio's subprocess: fork+exec takes ~1 ms and we follow the
-            # exit through a pidfd, where asyncio (3.11) would add a waiter thread.
-            popen = subprocess.Popen(  # noqa: ASYNC220
-                argv,
-                cwd=os.fspath(cwd) if cwd is not None else None,
-                env=kenv,
-                stdin=subprocess.DEVNULL,
-                stdout=stdout,
-                stderr=err_w if capture else stderr,
-                start_new_session=True,
-                pass_fds=pass_fds,
-                preexec_fn=preexec,
-            )
-        except FileNotFoundError as e:
-            what = e.filename or argv[0]
-            raise KernelStartError(
-                f"Cannot start kernel {spec.name or spec.display_name!r}: "
-                f"executable {what!r} not found (argv: {argv})"
-            ) from e
-        except OSError as e:
-            raise KernelStartError(f"Cannot start kernel {spec.name!r}: {e}") from e
-        finally:
-            if capture:
-                os.close(err_w)
-    except BaseException:
-        if capture:
-            os.close(err_r)
-        if registrar is not None:
-            await registrar.release(kernel_id)
-        _conn.remove_files([cf, *info.ipc_paths()])
-        raise
-
-    km = KernelManager(
-        popen,
-        files_to_cleanup=[cf, *info.ipc_paths()],
+    argv = spec.format_argv(cf) + list(extra_arguments)
+    launch = _Launch(
+        spec=spec,
         kernel_id=kernel_id,
-        stderr_fd=err_r if capture else None,
-        stderr_sink=_stderr_sink() if capture else None,
+        cf=cf,
+        argv=argv,
+        handshake=_binds_port_zero(argv),
+        env=_kernel_env(spec, env),
+        cwd=cwd,
+        stdout=stdout,
+        stderr=stderr,
+        independent=independent,
+        startup_timeout=startup_timeout,
     )
-    km.start_watching()
-    if reg_fut is None:
+    info = _first_info(
+        spec,
+        connection_info,
+        kernel_id,
+        transport,
+        ip,
+        kernel_name or spec.name,
+        transport_encryption,
+    )
+    for attempt in range(1, _PORT_TRIES + 1):
+        if not info.has_ports and not launch.handshake:
+            info = _with_free_ports(info)
+        try:
+            return await launch.start(info)
+        except _PortTaken as taken:
+            if attempt == _PORT_TRIES:
+                raise taken.error from None
+            log.warning(
+                "Kernel %r could not bind its ports (another process took one); "
+                "starting it again on fresh ports (%d of %d)",
+                spec.name or spec.display_name,
+                attempt + 1,
+                _PORT_TRIES,
+            )
+            info = info.replace(**{f"{ch}_port": 0 for ch in _conn.CHANNELS})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Launch:
+    """One kernel's start parameters; :meth:`start` is one attempt."""
+
+    def __init__(
+        self,
+        *,
+        spec: KernelSpec,
+        kernel_id: str,
+        cf: str,
+        argv: list[str],
+        handshake: bool,
+        env: dict[str, str],
+        cwd: str | os.PathLike[str] | None,
+        stdout: int | IO[Any] | None,
+        stderr: int | IO[Any] | None,
+        independent: bool,
+        startup_timeout: float,
+    ) -> None:
+        self.spec = spec
+        self.kernel_id = kernel_id
+        self.cf = cf
+        self.argv = argv
+        self.handshake = handshake
+        self.ipykernel = uses_handshake(argv)
+        self.env = env
+        self.cwd = cwd
+        self.stdout = stdout
+        self.stderr = stderr
+        self.independent = independent
+        self.startup_timeout = startup_timeout
+        self.name = spec.name or spec.display_name
+
+    def _command(
+        self, info: ConnectionInfo, token: str, url: str
+    ) -> tuple[list[str], dict[str, str], tuple[int, ...], Any]:
+        argv = list(self.argv)
+        kenv = dict(self.env)
+        pass_fds: tuple[int, ...] = ()
+        preexec = None
+        if self.ipykernel:
+            argv = _launcher_argv(argv)
+            kenv["KERNELKEEPER_REGISTER"] = url
+            kenv["KERNELKEEPER_TOKEN"] = token
+            kenv.pop("JPY_PARENT_PID", None)
+        if self.independent:
+            return argv, kenv, pass_fds, preexec
+        if self.handshake:
+            # The launcher's watchdog thread holds the read end.
+            pass_fds = (watch_fd(),)
+            kenv["KERNELKEEPER_WATCH_FD"] = watch_id()
+            return argv, kenv, pass_fds, preexec
+        guarded = guard_argv(argv, kenv, self.cwd)
+        if guarded is not None:
+            # The guard takes the kernel's whole group when this process dies; it
+            # holds the read end itself, so wrappers that close fds cannot lose it.
+            pass_fds = (watch_fd(),)
+            kenv["KERNELKEEPER_WATCH_FD"] = str(pass_fds[0])
+            kenv["KERNELKEEPER_WATCH_FILES"] = "\n".join([self.cf, *info.ipc_paths()])
+            return guarded, kenv, pass_fds, preexec
+        # Fallback: PDEATHSIG takes the kernel process only, and fires when the
+        # *thread* that started it ends, so it is not the first choice.
+        return argv, kenv, pass_fds, pdeathsig_preexec()
+
+    async def start(self, info: ConnectionInfo) -> tuple[ConnectionInfo, KernelManager]:
+        """Write the connection file, start the kernel, wait until it has bound."""
+        cf = self.cf
+        _conn.write_connection_file(info, cf)
+        registrar = Registrar.get() if self.ipykernel else None
+        token = f"{self.kernel_id}/{uuid.uuid4().hex[:12]}"
+        argv, kenv, pass_fds, preexec = self._command(
+            info, token, registrar.url if registrar else ""
+        )
+        capture = self.stderr is None
+        err_r = err_w = -1
+        if capture:
+            err_r, err_w = os.pipe()
+        reg_fut = registrar.expect(token, info.key) if registrar else None
+        try:
+            try:
+                # Popen, not asyncio's subprocess: fork+exec takes ~1 ms and we follow the
+                # exit through a pidfd, where asyncio (3.11) would add a waiter thread.
+                popen = subprocess.Popen(  # noqa: ASYNC220
+                    argv,
+                    cwd=os.fspath(self.cwd) if self.cwd is not None else None,
+                    env=kenv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=self.stdout,
+                    stderr=err_w if capture else self.stderr,
+                    start_new_session=True,
+                    pass_fds=pass_fds,
+                    preexec_fn=preexec,
+                )
+            except FileNotFoundError as e:
+                what = e.filename or argv[0]
+                raise KernelStartError(
+                    f"Cannot start kernel {self.name!r}: "
+                    f"executable {what!r} not found (argv: {argv})"
+                ) from e
+            except OSError as e:
+                raise KernelStartError(f"Cannot start kernel {self.spec.name!r}: {e}") from e
+            finally:
+                if capture:
+                    os.close(err_w)
+        except BaseException:
+            if capture:
+                os.close(err_r)
+            if registrar is not None:
+                await registrar.release(token)
+            _conn.remove_files([cf, *info.ipc_paths()])
+            raise
+
+        km = KernelManager(
+            popen,
+            files_to_cleanup=[cf, *info.ipc_paths()],
+            kernel_id=self.kernel_id,
+            stderr_fd=err_r if capture else None,
+            stderr_sink=_stderr_sink() if capture else None,
+        )
+        km.start_watching()
+        probe = None
+        if not self.handshake and BindProbe.supported(info):
+            probe = BindProbe(popen.pid, info)
+        if reg_fut is None and probe is None:
+            return info, km
+        try:
+            report = await self._await_bound(km, reg_fut, probe)
+        except BaseException:
+            await km.cleanup()
+            _conn.remove_files([cf, *info.ipc_paths()])
+            raise
+        finally:
+            if registrar is not None:
+                await registrar.release(token)
+        if report is not None:
+            info = info.replace(
+                **{f"{ch}_port": int(report[f"{ch}_port"]) for ch in _conn.CHANNELS}
+            )
+            # ipc kernels name their socket files after the ports they chose.
+            km.files_to_cleanup = [cf, *info.ipc_paths()]
         return info, km
 
-    assert registrar is not None
-    try:
-        report = await _await_registration(reg_fut, km, startup_timeout, spec)
-    except BaseException:
-        await km.cleanup()
-        _conn.remove_files([cf, *info.ipc_paths()])
-        raise
-    finally:
-        await registrar.release(kernel_id)
-    info = info.replace(**{f"{ch}_port": int(report[f"{ch}_port"]) for ch in _conn.CHANNELS})
-    # ipc kernels name their socket files after the ports they chose.
-    km.files_to_cleanup = [cf, *info.ipc_paths()]
-    return info, km
+    async def _await_bound(
+        self,
+        km: KernelManager,
+        reg_fut: asyncio.Future[dict[str, Any]] | None,
+        probe: BindProbe | None,
+    ) -> dict[str, Any] | None:
+        """The launcher's report, or None once ``probe`` sees the ports bound.
 
-
-async def _await_registration(
-    fut: asyncio.Future[dict[str, Any]], km: KernelManager, timeout: float, spec: KernelSpec
-) -> dict[str, Any]:
-    exited: asyncio.Future[Any] = asyncio.ensure_future(km.wait())
-    try:
-        await asyncio.wait({fut, exited}, timeout=timeout, return_when="FIRST_COMPLETED")
-    finally:
-        exited.cancel()
-    if fut.done():
-        return fut.result()
-    name = spec.name or spec.display_name
-    if not await km.is_alive():
-        raise KernelDiedError(f"Kernel {name!r} died during start", km.exit_code, km.stderr_tail())
-    raise KernelTimeoutError(f"Kernel {name!r} did not bind its sockets within {timeout} s")
+        Raises :class:`_PortTaken`, :class:`KernelDiedError` or
+        :class:`KernelTimeoutError`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.startup_timeout
+        exited: asyncio.Future[Any] = asyncio.ensure_future(km.wait())
+        waits: set[asyncio.Future[Any]] = {exited} if reg_fut is None else {exited, reg_fut}
+        try:
+            while True:
+                if reg_fut is not None and reg_fut.done():
+                    return reg_fut.result()
+                if exited.done():
+                    break
+                if probe is not None and probe():
+                    return None
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise KernelTimeoutError(
+                        f"Kernel {self.name!r} did not bind its sockets "
+                        f"within {self.startup_timeout} s"
+                    )
+                # A poll with a deadline, only while a pre-assigned kernel starts:
+                # it has no other way to tell us it is listening.
+                step = min(_PROBE_INTERVAL, remaining) if probe is not None else remaining
+                await asyncio.wait(waits, timeout=step, return_when="FIRST_COMPLETED")
+        finally:
+            exited.cancel()
+        died = KernelDiedError(
+            f"Kernel {self.name!r} died during start", km.exit_code, km.stderr_tail()
+        )
+        if _port_taken(km.stderr_tail(lines=200)):
+            raise _PortTaken(died)
+        raise died
 
 
 def _stderr_sink() -> IO[bytes] | None:

@@ -11,25 +11,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import enum
 import logging
 import signal
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from . import connection as _conn
 from .client import AsyncKernelClient
 from .connection import ConnectionInfo
-from .errors import KernelError, NotRunningError
+from .curve import POLICIES
+from .errors import ConfigurationError, LifecycleError, NotRunningError
+from .events import KernelEvent, KernelEvents
 from .finder import KernelFinder
 from .kernelspec import KernelSpec
 from .launch import launch_kernel, uses_handshake
 from .procview import CurrentProcess
 from .restarter import KernelRestarter
 from .session import Message
+from .states import KernelState
 from .subproc import KernelManager as ProcessManager
 
 __all__ = [
@@ -45,6 +45,8 @@ log = logging.getLogger("kernelkeeper.manager")
 _LAUNCH_KEYS = frozenset(
     {"cwd", "env", "extra_arguments", "stdout", "stderr", "independent", "startup_timeout"}
 )
+
+S = KernelState
 
 
 _default_finder: KernelFinder | None = None
@@ -63,34 +65,7 @@ def default_finder(refresh: bool = False) -> KernelFinder:
     return _default_finder
 
 
-class KernelState(str, enum.Enum):
-    """Where a managed kernel is in its life."""
-
-    NOT_STARTED = "not_started"
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    RESTARTING = "restarting"
-    SHUTTING_DOWN = "shutting_down"
-    DEAD = "dead"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclasses.dataclass(frozen=True)
-class KernelEvent:
-    """A lifecycle event: ``kind`` is one of started, state, restarting,
-    restarted, died, shutdown."""
-
-    kind: str
-    kernel_id: str
-    state: KernelState
-    detail: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    time: float = dataclasses.field(default_factory=time.time)
-
-
-class AsyncKernelManager:
+class AsyncKernelManager(KernelEvents):
     """Manages a single kernel in a subprocess on this host (async API).
 
     :param kernel_name: a kernel type (``spec/python3``, ``pyimport/kernel``)
@@ -100,6 +75,13 @@ class AsyncKernelManager:
     :param shutdown_wait_time: seconds a kernel gets to exit after a
         shutdown_request before it is sent SIGTERM (and as long again before SIGKILL).
     :param autorestart: restart the kernel when it dies on its own.
+    :param transport_encryption: CurveZMQ for tcp kernels: ``disabled``
+        (default), ``auto`` or ``required`` (see :mod:`kernelkeeper.curve`).
+
+    The manager belongs to the event loop that started its kernel; once that
+    loop is closed (``asyncio.run()`` returned) another loop may take over.
+    Listeners and restart callbacks never run on the loop (see
+    :meth:`add_event_listener`).
     """
 
     def __init__(
@@ -115,7 +97,14 @@ class AsyncKernelManager:
         shutdown_wait_time: float = 5.0,
         autorestart: bool = False,
         restart_limit: int = 5,
+        transport_encryption: str = "disabled",
     ) -> None:
+        if transport_encryption not in POLICIES:
+            raise ConfigurationError(
+                f"transport_encryption={transport_encryption!r}: expected one of {POLICIES}"
+            )
+        super().__init__()
+        self.transport_encryption = transport_encryption
         self.kernel_name = kernel_name
         self._spec = kernel_spec
         self._finder = finder
@@ -128,11 +117,11 @@ class AsyncKernelManager:
         self._proc: ProcessManager | None = None
         self._launch_kw: dict[str, Any] = {}
         self._stopping = False
-        self._state = KernelState.NOT_STARTED
-        self._listeners: list[Callable[[KernelEvent], Any]] = []
         self._control: AsyncKernelClient | None = None
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._launch_task: asyncio.Task[None] | None = None
+        self._shutdowns_waiting = 0  # shutdown_kernel() calls not finished yet
         self.restarter = KernelRestarter(self, restart_limit=restart_limit)
         self.restarter.enabled = autorestart
         self._current = CurrentProcess(
@@ -157,10 +146,6 @@ class AsyncKernelManager:
     def ipykernel(self) -> bool:
         """Is this an ipykernel (nbclient adds IPython options when it is)?"""
         return uses_handshake(self.kernel_spec.argv)
-
-    @property
-    def state(self) -> KernelState:
-        return self._state
 
     @property
     def autorestart(self) -> bool:
@@ -199,41 +184,14 @@ class AsyncKernelManager:
         d["key"] = self.connection_info.key
         return d
 
-    # -- events ---------------------------------------------------------------
-
-    def add_event_listener(self, callback: Callable[[KernelEvent], Any]) -> None:
-        """Call ``callback(event)`` on every lifecycle event and state change."""
-        self._listeners.append(callback)
-
-    def remove_event_listener(self, callback: Callable[[KernelEvent], Any]) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(callback)
-
-    def _emit(self, kind: str, **detail: Any) -> None:
-        event = KernelEvent(kind, self.kernel_id, self._state, detail)
-        for cb in list(self._listeners):
-            try:
-                cb(event)
-            except Exception:
-                log.exception("Kernel event listener %r failed", cb)
-
-    def _set_state(self, state: KernelState, **detail: Any) -> None:
-        if state is not self._state:
-            self._state = state
-            self._emit("state", **detail)
-
-    def _on_status(self, msg: Message) -> None:
-        # Clients made by client() report the kernel's busy/idle to us.
-        if self._state in (KernelState.STARTING, KernelState.IDLE, KernelState.BUSY):
-            s = msg["content"].get("execution_state")
-            if s == "busy":
-                self._set_state(KernelState.BUSY)
-            elif s == "idle":
-                self._set_state(KernelState.IDLE)
+    # -- restart callbacks ----------------------------------------------------
 
     def add_restart_callback(self, callback: Callable[[], Any], event: str = "restart") -> None:
         """Register a callback to be called when the kernel is restarted automatically
-        (``event="restart"``) or has died for good (``event="dead"``)."""
+        (``event="restart"``) or has died for good (``event="dead"``).
+
+        Like listeners, callbacks run on a library thread, never on the loop.
+        """
         self.restarter.add_callback(callback, event)
 
     def remove_restart_callback(self, callback: Callable[[], Any], event: str = "restart") -> None:
@@ -255,17 +213,34 @@ class AsyncKernelManager:
 
     def _check_loop(self) -> None:
         """A running kernel is watched from the loop that started it; say so plainly
-        instead of failing obscurely when another loop drives the manager."""
+        instead of failing obscurely when another loop drives the manager. Once
+        that loop is closed, the current loop takes over."""
         loop = asyncio.get_running_loop()
-        if self._proc is None or self._loop is None or self._loop.is_closed():
-            if loop is not self._loop:
-                self._loop, self._lock = loop, None
-        elif loop is not self._loop:
-            raise KernelError(
+        old = self._loop
+        if loop is old:
+            return
+        if self._proc is not None and old is not None and not old.is_closed():
+            raise LifecycleError(
                 f"{self!r} belongs to the event loop that started its kernel; call it "
                 "from that loop (or use the blocking kernelkeeper.KernelManager, which "
                 "works from any thread or loop)"
             )
+        self._loop, self._lock = loop, None
+        if old is not None and old.is_closed():
+            self._adopt_after_closed_loop()
+
+    def _adopt_after_closed_loop(self) -> None:
+        # Everything bound to the closed loop is dead: its tasks were cancelled
+        # by asyncio.run(), its sockets' readers dropped. Forget them; the
+        # process manager re-registers the process itself on first use.
+        control, self._control = self._control, None
+        if control is not None:
+            with contextlib.suppress(RuntimeError):
+                control.stop_channels()
+        self._launch_task = None
+        self.restarter.stop()
+        if self._proc is not None and self._proc.exit_code is None:
+            self.restarter.watch()
 
     async def start_kernel(self, **kw: Any) -> None:
         """Start a kernel on this host in a separate process.
@@ -277,61 +252,117 @@ class AsyncKernelManager:
         ``independent`` (let the kernel outlive this process),
         ``startup_timeout``. For an ipykernel this returns once the kernel
         has bound its ports; then ``client().wait_for_ready()``.
-        """
-        async with self._get_lock():
-            if self._proc is not None:
-                raise KernelError(f"Kernel {self.kernel_id} is already running")
-            unknown = set(kw) - _LAUNCH_KEYS
-            if unknown:
-                raise TypeError(f"start_kernel() got unexpected arguments: {sorted(unknown)}")
-            self._launch_kw = dict(kw)
-            await self._launch(reuse=False)
 
-    async def _launch(self, *, reuse: bool) -> None:
+        Raises :class:`LifecycleError` if a kernel is already running, or if
+        :meth:`shutdown_kernel` is called meanwhile (the start is abandoned and
+        the kernel killed). After ``shutdown_kernel(restart=True)`` the new
+        kernel reuses the connection file, key and ports.
+        """
+        unknown = set(kw) - _LAUNCH_KEYS
+        if unknown:
+            raise TypeError(f"start_kernel() got unexpected arguments: {sorted(unknown)}")
+        try:
+            async with self._get_lock():
+                if self._proc is not None:
+                    if await self._proc.is_alive():
+                        raise LifecycleError(
+                            f"Kernel {self.kernel_id} is already running; "
+                            "shut it down or restart it instead"
+                        )
+                    await self._stop_process(now=True, restart=False)  # died, not cleaned up
+                self.kernel_spec  # noqa: B018 - a bad spec fails here, before any state change
+                reuse = self._state is S.RESTARTING and self.connection_info is not None
+                self._launch_kw = dict(kw)
+                self._set_state(S.STARTING, "start")
+                await self._run_launch(self.connection_info if reuse else None, "started")
+        finally:
+            await self._delivered()
+
+    async def _run_launch(self, info: ConnectionInfo | None, kind: str) -> None:
+        """Launch as a task of its own, which a shutdown_kernel() call may cancel."""
+        if self._shutdowns_waiting:
+            self._launch_aborted()
+        task = asyncio.get_running_loop().create_task(
+            self._launch(info, kind), name=f"kk-launch-{self.kernel_id[:8]}"
+        )
+        self._launch_task = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            cancelling = getattr(me, "cancelling", None)  # 3.11+: was *our* task cancelled?
+            if task.cancelled() and self._shutdowns_waiting and not (cancelling and cancelling()):
+                self._launch_aborted()
+            raise
+        finally:
+            if self._launch_task is task:
+                self._launch_task = None
+
+    def _launch_aborted(self) -> None:
+        raise LifecycleError(
+            f"The start of kernel {self.kernel_id} was abandoned: shutdown_kernel() was called"
+        )
+
+    async def _launch(self, info: ConnectionInfo | None, kind: str) -> None:
         spec = self.kernel_spec
-        self._set_state(KernelState.RESTARTING if reuse else KernelState.STARTING)
         self._stopping = False
+        kw = dict(self._launch_kw)
+        if self.transport_encryption != "disabled":
+            # Only when asked: launch_kernel gains this keyword with CurveZMQ support.
+            kw["transport_encryption"] = self.transport_encryption
         try:
             info, proc = await launch_kernel(
                 spec,
                 kernel_id=self.kernel_id,
                 connection_file=self.connection_file,
-                connection_info=self.connection_info if reuse else None,
+                connection_info=info,
                 transport=self.transport,
                 ip=self.ip,
                 kernel_name=self.kernel_name or spec.name,
-                **self._launch_kw,
+                **kw,
             )
         except BaseException:
-            self._set_state(KernelState.DEAD)
+            if self._state in (S.STARTING, S.RESTARTING):  # not when a shutdown took over
+                self._set_state(S.DEAD, "launch_failed")
             raise
         self.connection_info = info
         self._proc = proc
         self._current.process_changed()
-        self._set_state(KernelState.STARTING)
-        self._emit("restarted" if reuse else "started", pid=proc.pid)
+        self._set_state(S.STARTING, "launched")
+        self._emit(kind, pid=proc.pid)
         self.restarter.watch()
 
     async def _on_unexpected_exit(self, proc: ProcessManager) -> None:
-        self._set_state(KernelState.DEAD)
+        self._set_state(S.DEAD, "died")
         self._emit("died", exit_code=proc.exit_code)
 
     def _mark_dead(self, reason: str) -> None:
-        self._set_state(KernelState.DEAD, reason=reason)
+        cause = "launch_failed" if self._state is S.RESTARTING else "died"
+        self._set_state(S.DEAD, cause, reason=reason)
 
     async def _auto_restart(self) -> None:
         async with self._get_lock():
+            self._set_state(S.RESTARTING, "restart")
             await self._stop_process(now=True, restart=True)
-            await self._launch(reuse=True)
+            await self._run_launch(self.connection_info, "restarted")
 
     async def wait_ready(self, timeout: float | None = 60.0) -> Message:
-        """Wait until the kernel answers kernel_info (using a short-lived client)."""
+        """Wait until the kernel answers kernel_info (using a short-lived client);
+        a kernel still ``starting`` is ``idle`` then."""
+        self._check_loop()
         kc = self.client()
+        # This probe's own busy/idle must not move the state: the client closes
+        # before the kernel's final idle arrives, which would leave it busy.
+        kc.status_hook = None
         kc.start_channels(stdin=False, hb=False)
         try:
-            return await kc.wait_for_ready(timeout)
+            reply = await kc.wait_for_ready(timeout)
         finally:
             await kc.aclose()
+        if self._state is S.STARTING:
+            self._set_state(S.IDLE, "ready")
+            await self._delivered()
+        return reply
 
     # -- clients --------------------------------------------------------------
 
@@ -381,6 +412,7 @@ class AsyncKernelManager:
     async def interrupt_kernel(self) -> None:
         """Interrupt the kernel: SIGINT, or an interrupt_request when its spec asks
         for ``interrupt_mode: message``."""
+        self._check_loop()
         if self._proc is None:
             raise NotRunningError("Cannot interrupt kernel: no kernel is running")
         if self.kernel_spec.interrupt_mode == "message":
@@ -390,12 +422,22 @@ class AsyncKernelManager:
             await self._proc.interrupt()
 
     async def request_shutdown(self, restart: bool = False) -> None:
-        """Send a shutdown_request on the control channel (does not wait)."""
+        """Send a shutdown_request on the control channel (does not wait).
+
+        The state becomes ``shutting_down`` (``restarting`` with ``restart``);
+        :meth:`finish_shutdown` and :meth:`cleanup_resources` complete it.
+        Without a kernel this does nothing.
+        """
         self._check_loop()
         if self._proc is None or self.connection_info is None:
             return
         self._stopping = True
+        if restart:
+            self._set_state(S.RESTARTING, "restart")
+        else:
+            self._set_state(S.SHUTTING_DOWN, "shutdown")
         await self._control_client().shutdown(restart=restart)
+        await self._delivered()
 
     async def finish_shutdown(
         self, waittime: float | None = None, pollinterval: float = 0.1, restart: bool = False
@@ -407,6 +449,7 @@ class AsyncKernelManager:
         awaited as an event; ``pollinterval`` is accepted for compatibility
         and not used.
         """
+        self._check_loop()
         proc = self._proc
         if proc is None:
             return
@@ -448,17 +491,41 @@ class AsyncKernelManager:
 
         Sends a shutdown_request and waits for the process to exit; a kernel
         that does not is sent SIGTERM, then SIGKILL. ``now=True`` kills at
-        once. With ``restart=True`` the connection file is kept.
+        once. With ``restart=True`` the connection file is kept (and a later
+        :meth:`start_kernel` reuses it). A start or restart still waiting for
+        its kernel is abandoned at once: that kernel is killed and the call
+        waiting for it raises :class:`LifecycleError`.
         """
-        async with self._get_lock():
-            if self._proc is None:
-                return
-            self._set_state(KernelState.RESTARTING if restart else KernelState.SHUTTING_DOWN)
-            await self._stop_process(now=now, restart=restart)
-            if not restart:
-                await self._cleanup_files()
-                self._set_state(KernelState.DEAD)
-                self._emit("shutdown", now=now)
+        self._check_loop()
+        # The intent counts before we queue for the lock: a start holding it gives way.
+        self._shutdowns_waiting += 1
+        try:
+            task = self._launch_task
+            if task is not None and not task.done():
+                if restart:
+                    self._set_state(S.RESTARTING, "restart")
+                else:
+                    self._set_state(S.SHUTTING_DOWN, "shutdown")
+                task.cancel()
+            async with self._get_lock():
+                if self._proc is None:
+                    if self._state is S.SHUTTING_DOWN:  # we abandoned a start
+                        await self._cleanup_files()
+                        self._set_state(S.DEAD, "stopped")
+                        self._emit("shutdown", now=now)
+                    return
+                if restart:
+                    self._set_state(S.RESTARTING, "restart")
+                else:
+                    self._set_state(S.SHUTTING_DOWN, "shutdown")
+                await self._stop_process(now=now, restart=restart)
+                if not restart:
+                    await self._cleanup_files()
+                    self._set_state(S.DEAD, "stopped")
+                    self._emit("shutdown", now=now)
+        finally:
+            self._shutdowns_waiting -= 1
+            await self._delivered()
 
     async def restart_kernel(self, now: bool = False, newports: bool = False, **kw: Any) -> None:
         """Restart the kernel with the arguments that were used to launch it.
@@ -467,22 +534,26 @@ class AsyncKernelManager:
         ``newports=True``). ``now=True`` kills the old kernel at once instead of
         asking it to shut down. Keyword arguments override those of the start.
         """
-        async with self._get_lock():
-            if self._proc is None:
-                raise NotRunningError("Cannot restart: no kernel is running")
-            unknown = set(kw) - _LAUNCH_KEYS
-            if unknown:
-                raise TypeError(f"restart_kernel() got unexpected arguments: {sorted(unknown)}")
-            self._set_state(KernelState.RESTARTING)
-            self._emit("restarting", now=now)
-            await self._stop_process(now=now, restart=True)
-            self._launch_kw.update(kw)
-            if newports:
-                assert self.connection_info is not None
-                self.connection_info = self.connection_info.replace(
-                    shell_port=0, iopub_port=0, stdin_port=0, control_port=0, hb_port=0
-                )
-            await self._launch(reuse=not newports)
+        unknown = set(kw) - _LAUNCH_KEYS
+        if unknown:
+            raise TypeError(f"restart_kernel() got unexpected arguments: {sorted(unknown)}")
+        try:
+            async with self._get_lock():
+                if self._proc is None:
+                    raise NotRunningError("Cannot restart: no kernel is running")
+                self._set_state(S.RESTARTING, "restart")
+                self._emit("restarting", now=now)
+                await self._stop_process(now=now, restart=True)
+                self._launch_kw.update(kw)
+                info = self.connection_info
+                if newports and info is not None:
+                    # Same key, ports chosen anew (port 0: the kernel or launch picks them).
+                    info = info.replace(
+                        shell_port=0, iopub_port=0, stdin_port=0, control_port=0, hb_port=0
+                    )
+                await self._run_launch(info, "restarted")
+        finally:
+            await self._delivered()
 
     async def _cleanup_files(self) -> None:
         paths = [self.connection_file]
@@ -492,12 +563,23 @@ class AsyncKernelManager:
 
     async def cleanup_resources(self, restart: bool = False) -> None:
         """Release what the kernel left: its process (reaped), the connection file
-        (unless ``restart``) and ipc sockets."""
-        if self._proc is not None and not await self._proc.is_alive():
-            await self._stop_process(now=True, restart=restart)
-        await self._close_control()
-        if not restart and self._proc is None:
-            await self._cleanup_files()
+        (unless ``restart``) and ipc sockets.
+
+        After :meth:`request_shutdown` and :meth:`finish_shutdown` this completes
+        the shutdown: the state becomes ``dead`` and a ``shutdown`` event follows.
+        """
+        try:
+            async with self._get_lock():
+                if self._proc is not None and not await self._proc.is_alive():
+                    await self._stop_process(now=True, restart=restart)
+                await self._close_control()
+                if not restart and self._proc is None:
+                    await self._cleanup_files()
+                    if self._state is S.SHUTTING_DOWN:
+                        self._set_state(S.DEAD, "stopped")
+                        self._emit("shutdown", now=False)
+        finally:
+            await self._delivered()
 
     async def cleanup(self, connection_file: bool = True) -> None:
         """Clean up resources when the kernel is shut down."""

@@ -9,6 +9,7 @@ this interface; local subprocess kernels use :class:`kernelkeeper.subproc.Kernel
 from __future__ import annotations
 
 import abc
+import asyncio
 
 __all__ = ["KernelManagerABC"]
 
@@ -65,3 +66,23 @@ class KernelManagerABC(abc.ABC):
     def stderr_tail(self) -> str:
         """The last lines the kernel wrote to stderr, when they were captured."""
         return ""
+
+    @property
+    def generation(self) -> int:
+        """A number that changes whenever the kernel runs in a new process (a restart).
+
+        Clients use it to tell a death of the process they talked to from the
+        state of its successor. The default never changes: one process only.
+        """
+        return 0
+
+    async def wait_restarted(self) -> None:
+        """Wait until the kernel runs (again) in a live process.
+
+        Returns at once while the kernel is alive. After an exit, a manager
+        that restarts kernels returns once the new process runs; the default
+        waits forever, since a plain process does not come back.
+        """
+        if await self.is_alive():
+            return
+        await asyncio.get_running_loop().create_future()

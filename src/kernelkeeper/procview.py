@@ -8,6 +8,8 @@ replaced or dropped, so a view can tell a new generation from the old one.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 from .managerabc import KernelManagerABC
@@ -28,13 +30,52 @@ class CurrentProcess(KernelManagerABC):
         self._get = get_process
         self._get_kernel_id = get_kernel_id
         self._interrupt = interrupt
+        self._generation = 0
+        self._seen: ProcessManager | None = None
+        # The process before the current one: while the manager has none (a
+        # restart in progress, after a shutdown), its exit is still the news.
+        self._previous: ProcessManager | None = None
+        self._changed: list[asyncio.Future[None]] = []
 
     @property
     def kernel_id(self) -> str | None:  # type: ignore[override]
         return self._get_kernel_id()
 
     def process_changed(self) -> None:
-        """Called by the lifecycle manager when its process is replaced or dropped."""
+        """Called by the lifecycle manager when its process is replaced or dropped.
+
+        A new process starts a new :attr:`generation`; whoever waits in
+        :meth:`wait_restarted` looks again.
+        """
+        p = self._get()
+        if p is not None and p is not self._seen:
+            self._generation += 1
+        if self._seen is not None and p is not self._seen:
+            self._previous = self._seen
+        self._seen = p
+        waiters, self._changed = self._changed, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    @property
+    def generation(self) -> int:
+        """Counts the processes this view has seen replace one another."""
+        return self._generation
+
+    async def wait_restarted(self) -> None:
+        """Wait until the manager runs a live process (returns at once if it does)."""
+        while True:
+            p = self._get()
+            if p is not None and await p.is_alive():
+                return
+            fut = asyncio.get_running_loop().create_future()
+            self._changed.append(fut)
+            try:
+                await fut
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._changed.remove(fut)
 
     async def is_alive(self) -> bool:
         p = self._get()
@@ -57,11 +98,17 @@ class CurrentProcess(KernelManagerABC):
         if p is not None:
             await p.kill()
 
+    def _last(self) -> ProcessManager | None:
+        p = self._get()
+        return p if p is not None else self._previous
+
     @property
     def exit_code(self) -> int | None:
-        p = self._get()
+        """The current process's exit status; with none, that of the one before it."""
+        p = self._last()
         return None if p is None else p.exit_code
 
     def stderr_tail(self) -> str:
-        p = self._get()
+        """The current (or, with none, the previous) process's stderr tail."""
+        p = self._last()
         return "" if p is None else p.stderr_tail()

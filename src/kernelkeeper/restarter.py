@@ -6,6 +6,9 @@ callbacks and restarts it with the same connection info, up to
 ``restart_limit`` times in a row; past that it runs the ``dead`` callbacks
 and gives up. A kernel that stays up for ``stable_start_time`` seconds after
 a restart resets the count.
+
+Callbacks run on a library thread, never on the event loop, in order with
+the kernel's lifecycle events (see :mod:`kernelkeeper.callbacks`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigurationError, LifecycleError
 
 if TYPE_CHECKING:
     from .manager import AsyncKernelManager
@@ -44,11 +49,10 @@ class KernelRestarter:
         self.restart_count = 0
         self._task: asyncio.Task[None] | None = None
         self._reset: asyncio.TimerHandle | None = None
-        self._callback_tasks: set[asyncio.Task[Any]] = set()
 
     def add_callback(self, f: Callable[[], Any], event: str = "restart") -> None:
         if event not in self.callbacks:
-            raise ValueError(f"Unknown restart event {event!r}; expected one of {EVENTS}")
+            raise ConfigurationError(f"Unknown restart event {event!r}; expected one of {EVENTS}")
         self.callbacks[event].append(f)
 
     def remove_callback(self, f: Callable[[], Any], event: str = "restart") -> None:
@@ -56,15 +60,9 @@ class KernelRestarter:
             self.callbacks[event].remove(f)
 
     def _fire(self, event: str) -> None:
+        # Off the loop, after the kernel's earlier events; failures are logged there.
         for f in list(self.callbacks[event]):
-            try:
-                result = f()
-                if asyncio.iscoroutine(result):
-                    task = asyncio.ensure_future(result)
-                    self._callback_tasks.add(task)
-                    task.add_done_callback(self._callback_tasks.discard)
-            except Exception:
-                log.exception("Restart callback %r failed", f)
+            self.manager._deliver(f)
 
     def watch(self) -> None:
         """(Re)start watching the manager's current process."""
@@ -125,6 +123,8 @@ class KernelRestarter:
         self._task = None  # the restart below starts a new watch
         try:
             await km._auto_restart()
+        except LifecycleError:
+            return  # shutdown_kernel() was called meanwhile: not a failure
         except Exception:
             log.exception("Automatic restart of kernel %s failed", km.kernel_id)
             km._mark_dead("automatic restart failed")

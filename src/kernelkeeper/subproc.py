@@ -15,6 +15,7 @@ reused by an unrelated process).
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextlib
 import errno
@@ -24,6 +25,7 @@ import signal as _signal
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterable
 from typing import IO
 
@@ -36,6 +38,106 @@ log = logging.getLogger("kernelkeeper.subproc")
 _TAIL_BYTES = 16 * 1024
 
 
+class _StderrPump:
+    """Copies kernels' stderr to ours on one library thread, through a bounded buffer.
+
+    Our own stderr may be a pipe nobody reads: a write to it can block for
+    ever. Written on the event loop, that would freeze every kernel, heartbeat
+    and timeout of the loop; here only this thread waits. The loop only
+    appends to the buffer (never blocking); what does not fit is dropped and
+    counted by the caller.
+    """
+
+    limit = 1 << 20  # bytes buffered at most, across all kernels
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: collections.deque[tuple[int | None, IO[bytes], bytes]] = collections.deque()
+        self._size = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def put(self, fd: int | None, sink: IO[bytes], data: bytes) -> bool:
+        """Queue ``data`` for ``sink`` (written to ``fd`` when known); False if dropped."""
+        with self._cond:
+            if self._closed or self._size + len(data) > self.limit:
+                return False
+            self._queue.append((fd, sink, data))
+            self._size += len(data)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="kk-stderr", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                fd, sink, data = self._queue.popleft()
+            try:
+                if fd is not None:
+                    # The raw fd, not the buffered stream: a write stuck here must not
+                    # hold the stream's lock (interpreter shutdown would wait on it).
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                else:
+                    sink.write(data)
+                    sink.flush()
+            except (OSError, ValueError):
+                pass  # our stderr is closed or broken: nothing to copy to
+            finally:
+                with self._cond:
+                    self._size -= len(data)
+
+    def close(self, timeout: float) -> None:
+        """Write what is buffered (waiting at most ``timeout`` s), then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+
+_pump: _StderrPump | None = None
+_pump_lock = threading.Lock()
+
+
+def _stderr_pump() -> _StderrPump:
+    global _pump
+    with _pump_lock:
+        if _pump is None:
+            _pump = _StderrPump()
+        return _pump
+
+
+def _forget_pump() -> None:
+    global _pump, _pump_lock
+    _pump, _pump_lock = None, threading.Lock()  # threads do not survive fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pump)
+
+
+@atexit.register
+def _flush_pump() -> None:
+    if _pump is not None:
+        _pump.close(timeout=1.0)
+
+
+def _fileno(stream: IO[bytes] | None) -> int | None:
+    try:
+        return None if stream is None else stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 class KernelManager(KernelManagerABC):
     """Manages a single kernel in a subprocess on this host.
 
@@ -45,8 +147,16 @@ class KernelManager(KernelManagerABC):
         file, ipc sockets).
     :param win_interrupt_evt: on Windows, a handle used to interrupt the
         kernel; unused on other platforms.
+    :param kernel_id: the kernel's id (a new uuid4 string when not given).
     :param stderr_fd: a pipe carrying the kernel's stderr; the manager keeps
-        its tail (for error reports) and copies it to ``stderr_sink``.
+        its tail (for error reports) and copies it to ``stderr_sink``. The copy
+        never blocks the event loop: it goes through a bounded buffer written
+        by a library thread; what does not fit is dropped and counted in
+        :attr:`stderr_dropped`.
+
+    The process is watched from the event loop that first uses the manager;
+    once that loop is closed (``asyncio.run()`` returned), the next loop to
+    use it takes over.
     """
 
     def __init__(
@@ -62,7 +172,7 @@ class KernelManager(KernelManagerABC):
         self.popen = popen
         self.files_to_cleanup = list(files_to_cleanup or [])
         self.win_interrupt_evt = win_interrupt_evt
-        self.kernel_id = kernel_id
+        self.kernel_id: str = kernel_id or str(uuid.uuid4())
         self.pid: int = popen.pid
         try:
             self._own_group = os.getpgid(self.pid) == self.pid
@@ -70,6 +180,9 @@ class KernelManager(KernelManagerABC):
             self._own_group = False
         self._stderr_fd = stderr_fd
         self._stderr_sink = stderr_sink
+        self._sink_fd = _fileno(stderr_sink)
+        #: Bytes of the kernel's stderr not copied to ours because the buffer was full.
+        self.stderr_dropped = 0
         self._tail: collections.deque[bytes] = collections.deque()
         self._tail_len = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -90,9 +203,13 @@ class KernelManager(KernelManagerABC):
 
         Called by the launcher; the async methods call it on first use.
         """
-        if self._exited is not None:
-            return
         loop = asyncio.get_running_loop()
+        if self._exited is not None:
+            old = self._loop
+            if old is None or old is loop or not old.is_closed():
+                return
+            self._rewatch(loop)
+            return
         self._loop = loop
         self._exited = loop.create_future()
         if self._stderr_fd is not None:
@@ -113,6 +230,50 @@ class KernelManager(KernelManagerABC):
         else:
             threading.Thread(target=self._wait_thread, daemon=True, name="kk-waitpid").start()
 
+    def _rewatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Follow the process from ``loop``: the loop that watched it is closed.
+
+        A closed loop has dropped its readers and its tasks; the futures it
+        made cannot be awaited from another loop. The pidfd and stderr pipe
+        are still ours, so register them again here.
+        """
+        self._loop = loop
+        self._exited = loop.create_future()
+        if self._returncode is not None:
+            self._exited.set_result(self._returncode)
+            return
+        if self._stderr_fd is not None:
+            loop.add_reader(self._stderr_fd, self._read_stderr)
+        if self._pidfd is not None:
+            loop.add_reader(self._pidfd, self._on_exit)
+        elif isinstance(self.popen, asyncio.subprocess.Process):
+            # Its transport belonged to the old loop; follow the pid with a pidfd.
+            self._waiter = None
+            try:
+                self._pidfd = os.pidfd_open(self.pid)
+            except (AttributeError, OSError):
+                self._finish(self._reap_foreign())
+                return
+            loop.add_reader(self._pidfd, self._on_exit)
+        else:
+            # The waiter thread wakes the current loop, unless the exit came while
+            # no loop was open.
+            with contextlib.suppress(ChildProcessError, OSError):
+                info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                if info is not None:
+                    loop.call_soon(self._on_exit)
+
+    def _reap_foreign(self) -> int:
+        """Exit status of an asyncio child whose loop is gone (255 when unknown)."""
+        assert isinstance(self.popen, asyncio.subprocess.Process)
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by asyncio's child watcher
+            return 255
+        return os.waitstatus_to_exitcode(status) if pid else 255
+
     async def _wait_asyncio(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
         self._kill_rest_of_group()
@@ -131,12 +292,16 @@ class KernelManager(KernelManagerABC):
                 loop.call_soon_threadsafe(self._on_exit)
 
     def _on_exit(self) -> None:
+        if self._returncode is not None:
+            return  # already handled (a second wake-up after a change of loop)
         if self._pidfd is not None and self._loop is not None:
             self._loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
         self._kill_rest_of_group()
-        assert isinstance(self.popen, subprocess.Popen)
+        if isinstance(self.popen, asyncio.subprocess.Process):
+            self._finish(self._reap_foreign())
+            return
         code = self.popen.poll()
         if code is None:  # spurious wake-up; cannot happen with pidfd, be safe
             code = self.popen.wait()
@@ -189,12 +354,8 @@ class KernelManager(KernelManagerABC):
         while self._tail_len > _TAIL_BYTES and len(self._tail) > 1:
             self._tail_len -= len(self._tail.popleft())
         sink = self._stderr_sink
-        if sink is not None:
-            try:
-                sink.write(data)
-                sink.flush()
-            except (OSError, ValueError):
-                self._stderr_sink = None
+        if sink is not None and not _stderr_pump().put(self._sink_fd, sink, data):
+            self.stderr_dropped += len(data)
 
     def _close_stderr(self) -> None:
         fd, self._stderr_fd = self._stderr_fd, None

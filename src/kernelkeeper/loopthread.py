@@ -1,0 +1,122 @@
+"""The event-loop thread the blocking face runs the async core on.
+
+One loop thread per process, started on first use. After a fork the child
+gets a fresh one of its own on first use (threads do not survive a fork,
+and the parent's loop object must never be driven from the child); objects
+made before the fork belong to the parent's loop and refuse to work in the
+child with a clear :class:`~kernelkeeper.errors.KernelError` instead of
+hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from .errors import KernelError
+
+__all__ = ["LoopThread", "portal"]
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An asyncio event loop running forever on a daemon thread."""
+
+    def __init__(self, name: str = "kernelkeeper-loop") -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, args=(ready,), name=name, daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    def _main(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(ready.set)
+        self.loop.run_forever()
+
+    def _check_caller(self) -> None:
+        if os.getpid() != self.pid:
+            raise KernelError(
+                f"This kernelkeeper object was created in process {self.pid}, before a fork; "
+                "its event loop does not exist in this process. Create new managers and "
+                "clients in the child (the kernel itself belongs to the parent)."
+            )
+        if threading.current_thread() is self.thread:
+            raise RuntimeError(
+                "A blocking kernelkeeper call was made from the library's own event-loop "
+                "thread (e.g. inside a callback); use the async API there"
+            )
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the loop; a future for its result."""
+        try:
+            self._check_caller()
+        except BaseException:
+            coro.close()
+            raise
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and block until it finishes."""
+        fut = self.submit(coro)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if fut.done():
+                # The coroutine itself raised a TimeoutError (e.g. KernelTimeoutError;
+                # concurrent.futures.TimeoutError is TimeoutError since 3.11).
+                return fut.result()
+            fut.cancel()
+            raise TimeoutError(f"Operation did not finish within {timeout} s") from None
+        except BaseException:
+            # e.g. KeyboardInterrupt in the caller: do not leave the work running.
+            fut.cancel()
+            raise
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a plain function on the loop thread (for loop-bound objects)."""
+        if threading.current_thread() is self.thread:
+            # Already on the loop (e.g. a stdin hook calling kc.input()): call it directly.
+            return fn(*args, **kwargs)
+
+        async def wrapper() -> T:
+            return fn(*args, **kwargs)
+
+        return self.run(wrapper())
+
+
+_portal: LoopThread | None = None
+_portal_lock = threading.Lock()
+
+
+def portal() -> LoopThread:
+    """The library's loop thread, started on first use (and again after a fork)."""
+    global _portal
+    with _portal_lock:
+        if _portal is None or _portal.pid != os.getpid() or not _portal.thread.is_alive():
+            _portal = LoopThread()
+        return _portal
+
+
+def current() -> LoopThread | None:
+    """The loop thread of this process, if one was started."""
+    p = _portal
+    return p if p is not None and p.pid == os.getpid() and p.thread.is_alive() else None
+
+
+def _after_fork_in_child() -> None:
+    global _portal, _portal_lock
+    _portal = None  # threads do not survive fork
+    # Another thread may have held the lock at the moment of the fork; in the
+    # child nobody would ever release it.
+    _portal_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
