@@ -75,6 +75,8 @@ WORKLOADS = (
     "interrupt",
     "resources",
     "pool",
+    "multi",
+    "idle",
     "cycles",
 )
 
@@ -94,6 +96,11 @@ class Params:
     resource_kernels: int
     cycles: int
     cycle_warmup: int
+    multi_size: int  # kernels started at once through the multi-kernel managers
+    multi_rounds: int
+    idle_kernels: int  # idle kernels under one multi-kernel manager
+    idle_batch: int  # started this many at a time
+    idle_seconds: float  # how long their manager's CPU is measured
 
     @classmethod
     def make(cls, quick: bool, repeat: int | None, calls: int | None) -> Params:
@@ -107,6 +114,11 @@ class Params:
                 resource_kernels=4,
                 cycles=6,
                 cycle_warmup=1,
+                multi_size=4,
+                multi_rounds=1,
+                idle_kernels=8,
+                idle_batch=4,
+                idle_seconds=5.0,
             )
         return cls(
             quick=False,
@@ -117,6 +129,11 @@ class Params:
             resource_kernels=16,
             cycles=200,
             cycle_warmup=3,
+            multi_size=16,
+            multi_rounds=2,
+            idle_kernels=64,
+            idle_batch=8,
+            idle_seconds=20.0,
         )
 
 
@@ -274,7 +291,7 @@ def machine_info() -> dict[str, Any]:
     import zmq
 
     vm = psutil.virtual_memory()
-    info = {
+    info: dict[str, Any] = {
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
         "cores_logical": psutil.cpu_count(logical=True),
@@ -672,6 +689,82 @@ async def _jc_many(n: int, hooks: Hooks) -> tuple[float, list[BaseException]]:
     return wall, errors
 
 
+def _kk_mkm() -> Any:
+    """kernelkeeper's multi-kernel manager as a notebook server runs it (autorestart on)."""
+    import kernelkeeper
+
+    return kernelkeeper.AsyncMultiKernelManager(
+        kernel_manager_kw={"autorestart": True}, ready_timeout=STARTUP_TIMEOUT
+    )
+
+
+def _jc_mkm() -> Any:
+    """jupyter_client's AsyncMultiKernelManager with its defaults (its kernels autorestart)."""
+    from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+
+    return AsyncMultiKernelManager()
+
+
+async def _kk_mkm_start(mkm: Any) -> str:
+    """One kernel through kernelkeeper's manager: start_kernel returns once it is ready."""
+    return str(await mkm.start_kernel(KERNEL, stderr=subprocess.DEVNULL))
+
+
+async def _jc_mkm_start(mkm: Any) -> str:
+    """One kernel through jupyter_client's manager, then a client's wait_for_ready:
+    its start_kernel returns once the process is launched, before the kernel is ready."""
+    kid = str(await mkm.start_kernel(kernel_name=KERNEL, stderr=subprocess.DEVNULL))
+    kc = mkm.get_kernel(kid).client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=STARTUP_TIMEOUT)  # can block the loop (see _jc_many)
+    finally:
+        kc.stop_channels()
+    return kid
+
+
+async def _mkm_many(lib: str, n: int, hooks: Hooks) -> tuple[float, list[BaseException]]:
+    """N starts at once (``asyncio.gather``) through one multi-kernel manager."""
+    mkm = _kk_mkm() if lib == "kk" else _jc_mkm()
+    start = _kk_mkm_start if lib == "kk" else _jc_mkm_start
+
+    async def one() -> None:
+        try:
+            kid = await start(mkm)
+        except BaseException as e:
+            hooks.on_failed(e)
+            raise
+        hooks.on_ready(mkm.get_kernel(kid))
+
+    wall = 0.0
+    try:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+        wall = time.perf_counter() - t0
+        errors = [r for r in results if isinstance(r, BaseException)]
+        hooks.on_started(wall, errors)
+    finally:
+        await _mkm_close(lib, mkm)
+    return wall, errors
+
+
+async def _mkm_close(lib: str, mkm: Any) -> None:
+    try:
+        await mkm.shutdown_all(now=True)
+    except Exception as e:
+        warn(f"{lib}: shutdown_all failed: {e!r}")
+    if lib == "kk":
+        await mkm.aclose()
+
+
+async def _kk_mkm_many(n: int, hooks: Hooks) -> tuple[float, list[BaseException]]:
+    return await _mkm_many("kk", n, hooks)
+
+
+async def _jc_mkm_many(n: int, hooks: Hooks) -> tuple[float, list[BaseException]]:
+    return await _mkm_many("jc", n, hooks)
+
+
 BASE_ENV = "KKBENCH_BASE"  # the run's private directory (set by the parent)
 
 
@@ -756,10 +849,14 @@ def _diagnose(hooks: Hooks, main_ident: int) -> None:
         emit("diagnosis", error=repr(e))
 
 
-def child_concurrent(lib: str, n: int) -> dict[str, Any]:
+def child_concurrent(lib: str, n: int, api: str = "new") -> dict[str, Any]:
     """One "N at once" trial in this (child) process: an untimed warm-up start/stop
-    with the same API, then N starts at once."""
-    many = _kk_many if lib == "kk" else _jc_many
+    with the same API, then N starts at once. ``api``: ``new`` (one manager per
+    kernel) or ``mkm`` (one multi-kernel manager for all)."""
+    if api == "mkm":
+        many = _kk_mkm_many if lib == "kk" else _jc_mkm_many
+    else:
+        many = _kk_many if lib == "kk" else _jc_many
 
     async def run() -> dict[str, Any]:
         alive(f"{lib}: warm-up start/stop (untimed)")
@@ -779,11 +876,11 @@ def child_concurrent(lib: str, n: int) -> dict[str, Any]:
     return asyncio.run(run())
 
 
-def _concurrent_trial(lib: str, n: int) -> dict[str, Any]:
+def _concurrent_trial(lib: str, n: int, api: str = "new") -> dict[str, Any]:
     """Run one trial in a child; a trial killed at its deadline is censored (no wall
     time) and every kernel not ready by then counts as a failed start."""
     run = run_child(
-        ["--child", "concurrent", "--lib", lib, "--kernels", str(n)],
+        ["--child", "concurrent", "--lib", lib, "--kernels", str(n), "--api", api],
         timeout=CHILD_IDLE_TIMEOUT + TRIAL_DEADLINE + STOP_DEADLINE + 30,
     )
     out: dict[str, Any] = {"lib": lib, "n": n, "wall_ms": None, "errors": [], "censored": None}
@@ -921,6 +1018,7 @@ class RawShell:
 
     def request(self, msg_type: str, content: dict[str, Any]) -> dict[str, Any]:
         sent = self.session.send(self.sock, msg_type, content)
+        assert sent is not None
         deadline = time.monotonic() + REPLY_TIMEOUT
         while True:
             if not self.sock.poll(max(1, int((deadline - time.monotonic()) * 1000))):
@@ -944,6 +1042,18 @@ EXECUTE_1P1 = {
 }
 
 
+def _client_calls(kc: Any) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """A client's blocking kernel_info and execute("1+1") round trips."""
+
+    def kernel_info() -> Any:
+        return kc.kernel_info(reply=True, timeout=REPLY_TIMEOUT)
+
+    def execute() -> Any:
+        return kc.execute("1+1", reply=True, timeout=REPLY_TIMEOUT)
+
+    return kernel_info, execute
+
+
 def bench_roundtrip(p: Params) -> list[Row]:
     """(5) kernel_info and execute("1+1") round trips (blocking, reply=True).
 
@@ -957,11 +1067,7 @@ def bench_roundtrip(p: Params) -> list[Row]:
         raw = RawShell(kernels["jc"][0])
         try:
             calls: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
-                lib: (
-                    lambda kc=kernels[lib][1]: kc.kernel_info(reply=True, timeout=REPLY_TIMEOUT),
-                    lambda kc=kernels[lib][1]: kc.execute("1+1", reply=True, timeout=REPLY_TIMEOUT),
-                )
-                for lib in LIBS
+                lib: _client_calls(kernels[lib][1]) for lib in LIBS
             }
             calls["raw"] = (
                 lambda: raw.request("kernel_info_request", {}),
@@ -1152,6 +1258,136 @@ def child_cycles(lib: str, n: int, warmup: int) -> dict[str, Any]:
     time.sleep(0.2)
     after = _snapshot()
     return {"before": before, "after": after, "times": times, "errors": errors}
+
+
+# -- child processes: pool hit (8) and idle kernels (11) -------------------------
+
+# Before each timed take the pool's kernel gets this long after it became ready:
+# a pooled kernel is normally taken long after its start, not while its process
+# is still finishing its own start-up.
+POOL_SETTLE = 1.0
+
+
+def child_pool(repeat: int) -> dict[str, Any]:
+    """Warm-pool hits through kernelkeeper's multi-kernel manager, alternating with
+    cold starts through jupyter_client's (which has no pools), in this one child.
+
+    Timed, both alike: ``start_kernel`` → ``client(id)`` → ``start_channels()`` →
+    ``wait_for_ready()`` returned. Untimed: the pool's refill after each take
+    (``wait_filled``) and the shutdown of the kernel.
+    """
+
+    async def run() -> dict[str, Any]:
+        import kernelkeeper
+
+        kmkm = kernelkeeper.AsyncMultiKernelManager(
+            pools={KERNEL: kernelkeeper.PoolConfig(min_size=1)},
+            kernel_manager_kw={"autorestart": True},
+            ready_timeout=STARTUP_TIMEOUT,
+        )
+        jmkm = _jc_mkm()
+        times: dict[str, list[float]] = {lib: [] for lib in LIBS}
+        misses = 0
+        try:
+            alive("kk: filling the pool")
+            await kmkm.start()
+            pool = kmkm._pools[KERNEL]
+
+            async def kk_once() -> float:
+                nonlocal misses
+                await pool.wait_filled(STARTUP_TIMEOUT)
+                await asyncio.sleep(POOL_SETTLE)
+                hits = pool.hits
+                t0 = time.perf_counter()
+                kid = await kmkm.start_kernel(KERNEL, stderr=subprocess.DEVNULL)
+                kc = kmkm.client(kid)
+                kc.start_channels()
+                try:
+                    await kc.wait_for_ready(timeout=STARTUP_TIMEOUT)
+                    dt = time.perf_counter() - t0
+                finally:
+                    await kc.aclose()
+                if pool.hits == hits:
+                    misses += 1  # a cold start after all: counted, and visible in the figures
+                await kmkm.shutdown_kernel(kid, now=True)
+                await pool.wait_filled(STARTUP_TIMEOUT)  # the refill runs before anything else
+                return dt
+
+            async def jc_once() -> float:
+                t0 = time.perf_counter()
+                kid = await _jc_mkm_start(jmkm)
+                dt = time.perf_counter() - t0
+                await jmkm.shutdown_kernel(kid, now=True)
+                return dt
+
+            once = {"kk": kk_once, "jc": jc_once}
+            for lib in LIBS:  # warm-up, untimed
+                alive(f"{lib}: warm-up")
+                await once[lib]()
+            misses = 0
+            for i, order in orders(repeat):
+                for lib in order:
+                    alive(f"{lib}: start → client ready (repetition {i + 1})")
+                    times[lib].append(ms(await once[lib]()))
+            take_ms = [ms(t) for t in list(pool.take_times)[-repeat:]]
+        finally:
+            alive("stopping both managers")
+            await _mkm_close("kk", kmkm)
+            await _mkm_close("jc", jmkm)
+        return {"times": times, "misses": misses, "take_ms": take_ms}
+
+    return asyncio.run(run())
+
+
+def child_idle(lib: str, n: int, batch: int, idle_s: float) -> dict[str, Any]:
+    """``n`` kernels under one multi-kernel manager (autorestart on, as a notebook
+    server runs them), started ``batch`` at a time; then the manager process's
+    threads, fds and RSS, and its CPU time (user + system, kernels not included)
+    over ``idle_s`` seconds in which nothing is asked of the kernels."""
+
+    async def run() -> dict[str, Any]:
+        me = psutil.Process()
+        mkm = _kk_mkm() if lib == "kk" else _jc_mkm()
+        start = _kk_mkm_start if lib == "kk" else _jc_mkm_start
+        errors: list[str] = []
+        try:
+            t0 = time.perf_counter()
+            done = 0
+            while done < n:
+                k = min(batch, n - done)
+                alive(f"{lib}: starting kernels {done + 1}-{done + k} of {n}")
+                got = await asyncio.gather(*(start(mkm) for _ in range(k)), return_exceptions=True)
+                errors += [_errtext(e) for e in got if isinstance(e, BaseException)]
+                done += k
+            start_s = time.perf_counter() - t0
+            # Let the start-up settle (probes' delayed cleanups, first heartbeats).
+            alive(f"{lib}: {n} kernels started; settling")
+            await asyncio.sleep(3.0)
+            gc.collect()
+            c0, w0 = me.cpu_times(), time.monotonic()
+            left = idle_s
+            while left > 0:  # idle, but the parent hears from us
+                await asyncio.sleep(min(5.0, left))
+                alive(f"{lib}: {n} idle kernels, measuring CPU")
+                left = idle_s - (time.monotonic() - w0)
+            c1, wall = me.cpu_times(), time.monotonic() - w0
+            snap = _snapshot()
+            cpu = (c1.user - c0.user) + (c1.system - c0.system)
+            return {
+                **snap,
+                "cpu_pct": 100.0 * cpu / wall,
+                "cpu_s": cpu,
+                "idle_s": wall,
+                "start_s": start_s,
+                "kernels": len(mkm.list_kernel_ids()),
+                "errors": errors,
+                "threads_names": sorted(t.name for t in threading.enumerate()),
+            }
+        finally:
+            emit("alive", step=f"{lib}: stopping {n} kernels", deadline_s=STOP_DEADLINE + n)
+            await _mkm_close(lib, mkm)
+
+    return asyncio.run(run())
 
 
 # -- running a child and killing it -------------------------------------------
@@ -1515,18 +1751,134 @@ def bench_cycles(p: Params) -> list[Row]:
 
 
 def bench_pool(p: Params) -> list[Row]:
-    """(8) start to ready on a warm-pool hit: kernelkeeper has no pools yet."""
-    return [
-        Row(
-            "pool",
-            "start → ready, warm-pool hit (kk only)",
-            "ms",
-            None,
-            None,
-            kk_text="n/a (no pools yet)",
-            jc_text="—",
+    """(8) start → client ready on a warm-pool hit through kernelkeeper's multi-kernel
+    manager, beside a cold start through jupyter_client's (it has no pools)."""
+    progress(f"pool: {p.repeat} pool hits (kk) and cold starts (jc) via AsyncMultiKernelManager")
+    run = run_child(["--child", "pool", "--repeat", str(p.repeat)], 120 + p.repeat * 40)
+    res = child_result(run, "pool")
+    misses = res["misses"]
+    row = Row(
+        "pool",
+        "start_kernel → client ready via AsyncMultiKernelManager: kk warm-pool hit, jc cold start",
+        "ms",
+        res["times"]["kk"],
+        res["times"]["jc"],
+        "kk ≤ 5 ms",
+        "kk<=5",
+        kk_note=f"{misses} of {p.repeat} missed the pool" if misses else "",
+        extra={"take_ms": res["take_ms"], "misses": misses},
+    )
+    if misses:
+        row.met_override = False
+    return [row]
+
+
+def bench_multi(p: Params) -> list[Row]:
+    """(10) N kernels started at once through one multi-kernel manager until all are
+    ready; the same trial machinery as (4), one fresh child per trial."""
+    n = p.multi_size
+    progress(f"multi: {n} at once via AsyncMultiKernelManager x {p.multi_rounds} rounds x 2")
+    trials: dict[str, list[dict[str, Any]]] = {lib: [] for lib in LIBS}
+    for _i, order in orders(p.multi_rounds):
+        for lib in order:
+            progress(f"  {lib}: {n} at once via AsyncMultiKernelManager")
+            trials[lib].append(_concurrent_trial(lib, n, api="mkm"))
+    walls = {lib: [t["wall_ms"] for t in trials[lib] if t["wall_ms"] is not None] for lib in LIBS}
+    cut = {lib: [t for t in trials[lib] if t["censored"]] for lib in LIBS}
+    notes = {
+        lib: f"{len(cut[lib])} more trial(s) not in the figures" if cut[lib] else "" for lib in LIBS
+    }
+    wall = Row(
+        "multi",
+        f"{n} kernels at once via AsyncMultiKernelManager → all ready (wall)",
+        "ms",
+        walls["kk"],
+        walls["jc"],
+        "≤ 0.9",
+        "ratio<=0.9",
+        kk_note=notes["kk"],
+        jc_note=notes["jc"],
+        extra={"trials": trials},
+    )
+    if cut["kk"]:
+        wall.met_override = False  # kernelkeeper itself did not finish a trial
+    total = n * p.multi_rounds
+    fails = {lib: [e for t in trials[lib] for e in t["errors"]] for lib in LIBS}
+    failed = Row(
+        "multi",
+        f"{n} kernels at once via AsyncMultiKernelManager: failed starts",
+        "count",
+        [len(fails["kk"])],
+        [len(fails["jc"])],
+        "kk 0",
+        "kk<=0",
+        kk_text=f"{len(fails['kk'])} of {total}",
+        jc_text=f"{len(fails['jc'])} of {total}",
+        show_ratio=False,
+        extra={"kk_errors": fails["kk"], "jc_errors": fails["jc"]},
+    )
+    return [wall, failed]
+
+
+def bench_idle(p: Params) -> list[Row]:
+    """(11) many idle kernels under one multi-kernel manager: its threads, RSS and CPU."""
+    n, secs = p.idle_kernels, p.idle_seconds
+    progress(f"idle: {n} kernels under one AsyncMultiKernelManager, {secs:.0f} s idle, per library")
+    res = {}
+    for lib in LIBS:
+        run = run_child(
+            [
+                "--child",
+                "idle",
+                "--lib",
+                lib,
+                "--kernels",
+                str(n),
+                "--batch",
+                str(p.idle_batch),
+                "--seconds",
+                str(secs),
+            ],
+            180 + n * 5 + secs,
         )
+        res[lib] = child_result(run, f"idle ({lib})")
+        if res[lib]["errors"]:
+            warn(f"idle ({lib}): {len(res[lib]['errors'])} of {n} starts failed")
+
+    def row(key: str, label: str, unit: str, target: str = "—", rule: str = "") -> Row:
+        return Row("idle", label, unit, [res["kk"][key]], [res["jc"][key]], target, rule)
+
+    where = f"{n} idle kernels, one AsyncMultiKernelManager"
+    rows = [
+        row("threads", f"manager threads, {where}", "count", "kk ≤ 4", "kk<=4"),
+        row("rss_mib", f"manager RSS, {where}", "MiB", "≤ 0.6", "ratio<=0.6"),
+        row("fds", f"manager fds, {where}", "count"),
+        row(
+            "cpu_pct",
+            f"manager CPU over {secs:.0f} s idle, {where} (% of one core)",
+            "%",
+            "kk < 1 %",
+            "kk<1",
+        ),
     ]
+    starts = {lib: len(res[lib]["errors"]) for lib in LIBS}
+    rows.append(
+        Row(
+            "idle",
+            f"failed starts of {n} (batches of {p.idle_batch})",
+            "count",
+            [starts["kk"]],
+            [starts["jc"]],
+            "kk 0",
+            "kk<=0",
+            show_ratio=False,
+        )
+    )
+    for r in rows:
+        r.extra["raw"] = res
+        if res["kk"]["kernels"] != n - starts["kk"]:
+            r.met_override = False  # kernels went missing under the manager
+    return rows
 
 
 # -----------------------------------------------------------------------------
@@ -1583,7 +1935,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # internal: run a workload (or one trial) in a fresh process; see run_child
     ap.add_argument(
         "--child",
-        choices=("workload", "concurrent", "resources", "cycles"),
+        choices=("workload", "concurrent", "resources", "cycles", "pool", "idle"),
         help=argparse.SUPPRESS,
     )
     ap.add_argument("--event-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -1594,6 +1946,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--kernels", type=int, default=16, help=argparse.SUPPRESS)
     ap.add_argument("--cycles", type=int, default=200, help=argparse.SUPPRESS)
     ap.add_argument("--warmup", type=int, default=5, help=argparse.SUPPRESS)
+    ap.add_argument("--api", choices=("new", "mkm"), default="new", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=float, default=20.0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     only = [w.strip() for w in args.only.split(",") if w.strip()]
     bad = [w for w in only if w not in WORKLOADS]
@@ -1619,7 +1974,11 @@ def child_main(args: argparse.Namespace) -> int:
             want = {w for w in args.want.split(",") if w}
             result = child_workload(args.workload, Params(**d), want)
         elif args.child == "concurrent":
-            result = child_concurrent(args.lib, args.kernels)
+            result = child_concurrent(args.lib, args.kernels, args.api)
+        elif args.child == "pool":
+            result = child_pool(args.repeat or 2)
+        elif args.child == "idle":
+            result = child_idle(args.lib, args.kernels, args.batch, args.seconds)
         elif args.child == "resources":
             result = child_resources(args.lib, args.kernels)
         else:
@@ -1700,6 +2059,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.append(("resources", lambda: bench_resources(p)))
     if "pool" in want:
         steps.append(("pool", lambda: bench_pool(p)))
+    if "multi" in want:
+        steps.append(("multi", lambda: bench_multi(p)))
+    if "idle" in want:
+        steps.append(("idle", lambda: bench_idle(p)))
     if "cycles" in want:
         steps.append(("cycles", lambda: bench_cycles(p)))
 
@@ -1733,8 +2096,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     missed = [r.label for r in rows if r.met() is False]
     print(f"- targets missed: {len(missed)}" + (f" ({'; '.join(missed)})" if missed else ""))
-    for e in errors:
-        print(f"- ERROR in workload {e}")
+    for err in errors:
+        print(f"- ERROR in workload {err}")
     print(f"- leftovers: {len(procs)} kernel processes, {len(files)} connection files")
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"- wall time: {elapsed:.1f} s; load average at the end (1/5/15 min): {load}", flush=True)

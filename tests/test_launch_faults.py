@@ -456,3 +456,37 @@ def test_launcher_ignores_a_watch_fd_that_is_not_our_pipe(tmp_path: Path) -> Non
         finally:
             for fd in (r, w, other_r, other_w):
                 os.close(fd)
+
+
+def test_restart_whose_old_port_was_taken_comes_back_on_fresh_ports() -> None:
+    # A restart reuses the kernel's ports; if another process took one while
+    # the kernel was down, the new kernel fails to bind it. It must exit at
+    # once (not hang in ipykernel's exit handlers until the start timeout) and
+    # be started again on fresh ports; the kernel's own file is rewritten even
+    # though someone now listens on one of its old ports.
+    km = kernelkeeper.KernelManager()
+    km.start_kernel(startup_timeout=READY)
+    squatter = socket.socket()
+    try:
+        assert km.connection_info is not None and km.process is not None
+        old = km.connection_info
+        os.killpg(km.process.pid, signal.SIGKILL)
+        wait_for(lambda: not km.is_alive(), timeout=10)
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind((old.ip, old.shell_port))  # free now: its kernel is dead
+        squatter.listen()
+        t0 = time.monotonic()
+        km.restart_kernel(now=True)
+        assert time.monotonic() - t0 < 15  # the start timeout is 60 s
+        assert km.connection_info is not None
+        assert km.connection_info.shell_port != old.shell_port
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=READY)
+            assert kc.run_cell("6 * 7", timeout=REPLY).result() == {"text/plain": "42"}
+        finally:
+            kc.stop_channels()
+    finally:
+        squatter.close()
+        km.shutdown_kernel(now=True)

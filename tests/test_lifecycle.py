@@ -554,6 +554,67 @@ async def test_restart_needs_a_kernel(make_km: Any) -> None:
         await km.signal_kernel(signal.SIGTERM)
 
 
+async def test_adopt_id_renames_the_file_and_never_overwrites(isolated_runtime: Path) -> None:
+    km = AsyncKernelManager()
+    km.adopt_id("before-start")  # nothing on disk yet: the default path follows the id
+    assert km.kernel_id == "before-start"
+    assert km.connection_file == str(isolated_runtime / "kernel-before-start.json")
+    await km.start_kernel()
+    new_cf = str(isolated_runtime / "kernel-mine.json")
+    try:
+        old_id, old_cf = km.kernel_id, km.connection_file
+        content = read_json(old_cf)
+        taken = isolated_runtime / "kernel-taken.json"
+        taken.write_text("{}")
+        with pytest.raises(kernelkeeper.LifecycleError, match="exists"):
+            km.adopt_id("taken", str(taken))
+        # Nothing changed: neither the manager nor the other file.
+        assert (km.kernel_id, km.connection_file) == (old_id, old_cf)
+        assert read_json(old_cf) == content and taken.read_text() == "{}"
+        taken.unlink()
+
+        km.adopt_id("mine", new_cf)
+        assert km.kernel_id == "mine" and km.process.kernel_id == "mine"
+        assert km.connection_file == new_cf and not exists(old_cf)
+        assert read_json(new_cf) == content
+        assert new_cf in km.process.files_to_cleanup
+        assert old_cf not in km.process.files_to_cleanup
+        km.adopt_id("mine-too")  # without a path only the id changes
+        assert km.kernel_id == "mine-too" and km.connection_file == new_cf
+        # A restart launches on the adopted file.
+        await km.restart_kernel(now=True)
+        assert km.connection_file == new_cf and read_json(new_cf) == content
+        await km.wait_ready(READY)
+    finally:
+        await km.shutdown_kernel(now=True)
+    assert not exists(new_cf)
+
+
+async def test_set_launch_args_are_used_by_restarts(tmp_path: Path) -> None:
+    km = AsyncKernelManager()
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        km.set_launch_args(no_such_argument=1)
+    await km.start_kernel()
+    kc = km.client()
+    try:
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=READY)
+        code = (
+            f"import os; print(os.path.samefile('.', {str(tmp_path)!r}),"
+            " os.environ.get('KK_LAUNCH_TOKEN'))"
+        )
+        first = await kc.run_cell(code, timeout=REPLY)
+        assert first.stdout.split() == ["False", "None"]
+        km.set_launch_args(cwd=str(tmp_path), env={**os.environ, "KK_LAUNCH_TOKEN": "set"})
+        await km.restart_kernel(now=True)
+        await kc.wait_for_ready(timeout=READY)
+        res = await kc.run_cell(code, timeout=REPLY)
+        assert res.stdout.split() == ["True", "set"]
+    finally:
+        await kc.aclose()
+        await km.shutdown_kernel(now=True)
+
+
 async def test_autorestart_and_restart_callbacks(make_km: Any, connect: Any) -> None:
     km = make_km(autorestart=True)
     assert km.autorestart

@@ -498,6 +498,8 @@ async def test_slow_listener_stalls_no_other_kernel(managers: Any, gate: threadi
             t0 = time.monotonic()
             await other_kc.kernel_info(reply=True, timeout=REPLY)
             assert time.monotonic() - t0 < 2.0
+        # kernel_info's busy/idle is a probe's and moves no state; a cell's does.
+        assert (await other_kc.run_cell("1", timeout=REPLY)).status == "ok"
         await other_rec.wait(lambda evs: evs and evs[-1].state is KernelState.IDLE)
         assert rec.events == []  # held behind the slow listener, in order
         gate.set()

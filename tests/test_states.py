@@ -254,3 +254,79 @@ async def test_busy_idle_through_a_client() -> None:
         await km.shutdown_kernel()
     assert rec.bad == []
     assert km.state is S.DEAD
+
+
+def _status_tap(kc: Any, want: Callable[[dict[str, Any]], bool]) -> tuple[list[Any], asyncio.Event]:
+    """Record every status ``kc`` hands the manager; the event is set when ``want(msg)``."""
+    seen: list[Any] = []
+    got = asyncio.Event()
+    hook = kc.status_hook
+    assert hook is not None
+
+    def tap(msg: Any) -> None:
+        seen.append(msg)
+        hook(msg)
+        if want(msg):
+            got.set()
+
+    kc.status_hook = tap
+    return seen, got
+
+
+def _status(msg: Any, state: str, parent_type: str) -> bool:
+    return bool(
+        msg["content"].get("execution_state") == state
+        and msg["parent_header"].get("msg_type") == parent_type
+    )
+
+
+@pytest.mark.parametrize("ready", ["wait_ready", "wait_for_ready"])
+async def test_restart_with_a_client_ends_idle_whatever_probes_and_old_statuses_say(
+    ready: str,
+) -> None:
+    km = AsyncKernelManager()
+    rec = Checked()
+    km.add_event_listener(rec)
+    await km.start_kernel()
+    kc = km.client()
+    seen, _ = _status_tap(kc, lambda m: False)
+    kc2 = None
+    try:
+        kc.start_channels()
+        await kc.wait_for_ready(READY)
+        assert (await kc.run_cell("1", timeout=30)).status == "ok"  # ends on its idle
+        old_busy = next(m for m in seen if _status(m, "busy", "execute_request"))
+
+        await km.restart_kernel()
+        if ready == "wait_ready":
+            await km.wait_ready(READY)
+        else:
+            await kc.wait_for_ready(READY)  # the probe's idle makes it idle
+            await rec.wait(lambda evs: evs[-1].kind == "state" and evs[-1].state is S.IDLE)
+        assert km.state is S.IDLE
+        # A status of the old process still queued in a client's socket, as
+        # the client hands it over when it arrives after the restart.
+        kc.status_hook(old_busy)  # type: ignore[misc]
+        assert km.state is S.IDLE
+
+        before = len(rec.events)
+        kc2 = km.client()
+        _, probe_idle = _status_tap(kc2, lambda m: _status(m, "idle", "kernel_info_request"))
+        kc2.start_channels()
+        await kc2.wait_for_ready(READY)
+        assert km.state is S.IDLE
+        # Also once the probe's own idle (after its busy) has arrived.
+        await asyncio.wait_for(probe_idle.wait(), READY)
+        assert km.state is S.IDLE
+        assert [e for e in rec.events[before:] if e.kind == "state"] == []
+
+        # The new process's own statuses still move it.
+        assert (await kc.run_cell("2", timeout=30)).status == "ok"
+        await rec.wait(lambda evs: S.BUSY in [e.state for e in evs[before:]], READY)
+        await rec.wait(lambda evs: evs[-1].kind == "state" and evs[-1].state is S.IDLE, READY)
+    finally:
+        if kc2 is not None:
+            await kc2.aclose()
+        await kc.aclose()
+        await km.shutdown_kernel(now=True)
+    assert rec.bad == []

@@ -32,6 +32,7 @@ import signal
 import stat
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -148,7 +149,18 @@ def main() -> None:
     # parent_handle=1 means "managed, do not poll the parent": the watchdog
     # above does that job without a polling thread (and no console banner).
     app.parent_handle = 1
-    app.initialize(sys.argv[1:])  # type: ignore[no-untyped-call]
+    try:
+        app.initialize(sys.argv[1:])  # type: ignore[no-untyped-call]
+    except BaseException as e:
+        # A kernel that cannot start (a port taken on restart, bad arguments)
+        # must exit at once: a normal interpreter exit would run ipykernel's
+        # atexit handlers, which wait on the half-made sockets and threads for
+        # ever, and the manager would only learn of it at its start timeout.
+        code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1
+        if not isinstance(e, SystemExit):
+            traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(code)
     _restore_mask(sigint_mask)
     if getattr(app, "transport", "tcp") == "ipc":
         files.extend(

@@ -367,6 +367,7 @@ def _relays(
 
 
 _live_managers: weakref.WeakSet[KernelManager] = weakref.WeakSet()
+_KM = TypeVar("_KM", bound="KernelManager")
 
 
 class KernelManager:
@@ -381,6 +382,18 @@ class KernelManager:
         self._portal = portal()
         self._akm: AsyncKernelManager = self._portal.call(AsyncKernelManager, kernel_name, **kwargs)
         _live_managers.add(self)
+
+    @classmethod
+    def from_async(cls: type[_KM], akm: AsyncKernelManager) -> _KM:
+        """The blocking face of an existing ``akm`` (which must live on the library's loop).
+
+        The face does not own the kernel: whoever made ``akm`` (a multi-kernel
+        manager, say) shuts it down, so it is not killed at interpreter exit here.
+        """
+        self = cls.__new__(cls)
+        self._portal = portal()
+        self._akm = akm
+        return self
 
     def __repr__(self) -> str:
         return repr(self._akm).replace("AsyncKernelManager", "KernelManager")

@@ -19,19 +19,35 @@ import logging
 import queue
 import time
 from collections.abc import Callable, Generator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import zmq
 import zmq.asyncio
 
+from .connection import ConnectionInfo
 from .curve import configure_client
 from .errors import KernelDiedError, NotRunningError
 from .session import Message, Session
 
-if TYPE_CHECKING:
-    from .client import AsyncKernelClient
 
-__all__ = ["Channel", "HBChannel", "MessageQueue", "MsgId"]
+class ChannelOwner(Protocol):
+    """What a channel needs of the client that owns it (the client itself,
+    described here so that this module never imports the client)."""
+
+    _context: zmq.asyncio.Context
+    connection_info: ConnectionInfo
+    session: Session
+
+    def _dispatch(self, channel: Channel, msg: Message, nbytes: int = 0) -> None: ...
+
+    def _raise_if_dead(self) -> None: ...
+
+    def _hb_beat(self) -> None: ...
+
+    def _hb_missed(self, missed: int) -> None: ...
+
+
+__all__ = ["Channel", "ChannelOwner", "HBChannel", "MessageQueue", "MsgId"]
 
 log = logging.getLogger("kernelkeeper.client")
 
@@ -165,7 +181,7 @@ class Channel(_TaskOwner):
     #: Most bytes (received frame sizes) of unread messages kept; see :meth:`put`.
     max_queued_bytes = 64 * 1024 * 1024
 
-    def __init__(self, client: AsyncKernelClient, name: str) -> None:
+    def __init__(self, client: ChannelOwner, name: str) -> None:
         self.client = client
         self.name = name
         self.socket: zmq.asyncio.Socket | None = None
@@ -326,7 +342,7 @@ class HBChannel(_TaskOwner):
     beat after each miss. ``missed`` counts the misses in a row.
     """
 
-    def __init__(self, client: AsyncKernelClient, time_to_dead: float = 1.0) -> None:
+    def __init__(self, client: ChannelOwner, time_to_dead: float = 1.0) -> None:
         self.client = client
         self.time_to_dead = time_to_dead
         self._beating = True

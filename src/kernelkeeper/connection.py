@@ -373,17 +373,22 @@ def allocate_ipc_ports(prefix: str, count: int = 5) -> list[int]:
     return ports
 
 
-def write_connection_file(info: ConnectionInfo, path: str | os.PathLike[str]) -> str:
+def write_connection_file(
+    info: ConnectionInfo, path: str | os.PathLike[str], *, replace_own: bool = False
+) -> str:
     """Write ``info`` to ``path`` with mode 0600, atomically.
 
     The file is created 0600 from the start (never world-readable, not even
     for an instant) and moved into place, so a reader never sees half a file.
     Raises :class:`ConnectionFileError` if ``path`` is the connection file of
     a kernel that still listens (a stale one is replaced), or if the
-    filesystem would leave the file readable by others.
+    filesystem would leave the file readable by others. ``replace_own=True``
+    skips the listening check: the caller knows the file is its own kernel's
+    and that kernel is gone (a restart, whose old ports someone else may
+    have taken meanwhile).
     """
     path = os.fspath(path)
-    if os.path.lexists(path) and kernel_listens(path):
+    if not replace_own and os.path.lexists(path) and kernel_listens(path):
         raise ConnectionFileError(
             "Refusing to overwrite the connection file of a running kernel; "
             "shut that kernel down or choose another connection file",

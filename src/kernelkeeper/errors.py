@@ -9,19 +9,24 @@ working for code that knows nothing of kernelkeeper.
 
 from __future__ import annotations
 
+import errno as _errno
 import signal as _signal
 
 __all__ = [
     "ConfigurationError",
     "ConnectionFileError",
+    "DuplicateKernelError",
     "KernelDiedError",
     "KernelError",
+    "KernelExecutableNotFound",
+    "KernelLimitError",
     "KernelSpecError",
     "KernelStartError",
     "KernelTimeoutError",
     "LifecycleError",
     "MessageError",
     "NoSuchKernel",
+    "NoSuchKernelId",
     "NotRunningError",
     "RuntimeDirError",
 ]
@@ -37,6 +42,20 @@ class KernelSpecError(KernelError, ValueError):
     def __init__(self, message: str, path: str | None = None) -> None:
         super().__init__(f"{message} ({path})" if path else message)
         self.path = path
+
+
+class KernelExecutableNotFound(KernelSpecError, FileNotFoundError):
+    """A kernel.json whose ``argv[0]`` does not exist (not on PATH, or no such file).
+
+    A :class:`KernelSpecError` (so a ``ValueError``) with the kernel.json's
+    ``path``, and a ``FileNotFoundError`` (``errno`` ENOENT), which is what
+    exec'ing it would raise; ``executable`` names the missing argv[0].
+    """
+
+    def __init__(self, message: str, path: str | None = None, executable: str = "") -> None:
+        super().__init__(message, path)
+        self.executable = executable
+        self.errno = _errno.ENOENT  # no strerror, so str() stays the message
 
 
 class NoSuchKernel(KernelError, LookupError):
@@ -117,6 +136,25 @@ class RuntimeDirError(KernelError, OSError):
     def __init__(self, message: str, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class NoSuchKernelId(KernelError, KeyError):
+    """No kernel with this id is managed here; ``kernel_id`` names it."""
+
+    def __init__(self, kernel_id: str) -> None:
+        self.kernel_id = kernel_id
+        super().__init__(f"Kernel with id not found: {kernel_id}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message otherwise
+        return str(self.args[0])
+
+
+class KernelLimitError(KernelError, RuntimeError):
+    """``max_kernels`` or a per-type limit is reached; no kernel was started."""
+
+
+class DuplicateKernelError(KernelError, ValueError):
+    """A kernel with the requested kernel_id already exists."""
 
 
 def _signal_name(signum: int) -> str:

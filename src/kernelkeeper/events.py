@@ -10,6 +10,7 @@ them on library threads, in order per kernel.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -22,10 +23,14 @@ from .callbacks import delivering, dispatcher
 from .errors import LifecycleError
 from .session import Message
 from .states import KernelState
+from .subproc import KernelManager as ProcessManager
 
 __all__ = ["KernelEvent", "KernelEvents"]
 
 log = logging.getLogger("kernelkeeper.manager")
+
+# Session ids of processes since replaced, kept to ignore their late statuses.
+_OLD_SESSIONS_KEPT = 8
 
 # How long a lifecycle call waits for slow listeners to see its events before
 # it returns anyway (they still get them).
@@ -56,11 +61,18 @@ class KernelEvents:
 
     kernel_id: str
     _loop: asyncio.AbstractEventLoop | None
+    _proc: ProcessManager | None
 
     def __init__(self) -> None:
         self._state = KernelState.NOT_STARTED
         self._listeners: list[Callable[[KernelEvent], Any]] = []
         self._delivery_key = object()  # orders this kernel's callbacks in the dispatcher
+        # The session id the running process signs its messages with, once
+        # known, with that process; the ids of processes since replaced; and
+        # the id on the status that made the state busy (see _on_status).
+        self._session: tuple[ProcessManager, str] | None = None
+        self._old_sessions: collections.deque[str] = collections.deque(maxlen=_OLD_SESSIONS_KEPT)
+        self._busy_session = ""
 
     @property
     def state(self) -> KernelState:
@@ -126,10 +138,61 @@ class KernelEvents:
         self._emit("state", previous=old.value, cause=cause, **detail)
 
     def _on_status(self, msg: Message) -> None:
-        # Clients made by client() report the kernel's busy/idle to us.
-        if self._state in (S.STARTING, S.IDLE, S.BUSY):
-            s = msg["content"].get("execution_state")
-            if s == "busy":
-                self._set_state(S.BUSY, "busy")
-            elif s == "idle":
-                self._set_state(S.IDLE, "idle")
+        """An iopub status seen by a client made by ``client()``: busy or idle.
+
+        Two kinds do not move the state. The statuses of a kernel_info
+        request (the probes of ``wait_for_ready``, or a ``kernel_info()``
+        call) are no work of the kernel's, and a probing client may close
+        before the idle arrives; a probe's idle only tells a kernel still
+        ``starting`` that it is up. And statuses signed by the session of a
+        process since replaced (still queued in a client's socket after a
+        restart) are ignored: every kernel process signs with a session id of
+        its own, which the manager learns from its first answer to a probe.
+        """
+        if self._state not in (S.STARTING, S.IDLE, S.BUSY):
+            return
+        state = msg["content"].get("execution_state")
+        session = msg["header"].get("session") or ""
+        current = self._current_session()
+        if msg["parent_header"].get("msg_type") == "kernel_info_request":
+            if state == "idle" and (self._state is S.STARTING or not current):
+                self._learn_session(session)
+                if self._state is S.STARTING:
+                    self._set_state(S.IDLE, "idle")
+            return
+        if session and session in self._old_sessions:
+            return
+        if state == "busy":
+            self._busy_session = session
+            self._set_state(S.BUSY, "busy")
+        elif state == "idle":
+            self._set_state(S.IDLE, "idle")
+
+    def _current_session(self) -> str:
+        """The session id of the running process ('' while it is not known)."""
+        known = self._session
+        if known is None:
+            return ""
+        proc, session = known
+        if proc is self._proc:
+            return session
+        # Its process was replaced (or is gone): what it still says is stale.
+        self._session = None
+        if session not in self._old_sessions:
+            self._old_sessions.append(session)
+        return ""
+
+    def _learn_session(self, session: str) -> None:
+        """The running process answered a probe signed with ``session``."""
+        proc = self._proc
+        if not session or proc is None:
+            return
+        self._current_session()  # retires the session of a replaced process
+        self._session = (proc, session)
+        # Seen on the running process: a kernel that reuses its session id
+        # across restarts must not have its statuses ignored.
+        with contextlib.suppress(ValueError):
+            self._old_sessions.remove(session)
+        if self._state is S.BUSY and self._busy_session != session:
+            # That busy was the word of a process since replaced.
+            self._set_state(S.IDLE, "idle")

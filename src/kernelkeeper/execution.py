@@ -14,13 +14,29 @@ import asyncio
 import dataclasses
 import sys
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from .channels import Channel
 from .errors import KernelTimeoutError, NotRunningError
-from .session import Message
+from .router import Router
+from .session import Message, Session
 
-if TYPE_CHECKING:
-    from .client import AsyncKernelClient
+
+class ExecutionHost(Protocol):
+    """What an execution needs of its client (described here so that this
+    module never imports the client)."""
+
+    router: Router
+    session: Session
+    shell_channel: Channel
+
+    @property
+    def channels_running(self) -> bool: ...
+
+    def _raise_if_dead(self) -> None: ...
+
+    async def _default_stdin_hook(self, msg: Message) -> None: ...
+
 
 __all__ = ["CellResult", "OutputHook", "StdinHook", "output_from_msg", "print_output"]
 
@@ -140,7 +156,7 @@ async def maybe_await(value: Any) -> Any:
 
 
 async def execute_and_wait(
-    kc: AsyncKernelClient,
+    kc: ExecutionHost,
     content: Mapping[str, Any],
     timeout: float | None,
     output_hook: OutputHook,

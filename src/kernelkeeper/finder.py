@@ -29,6 +29,7 @@ __all__ = [
     "KernelFinder",
     "KernelProvider",
     "KernelSpecProvider",
+    "default_finder",
 ]
 
 logger = logging.getLogger("kernelkeeper.finder")
@@ -319,3 +320,19 @@ class KernelFinder:
             names[kernel_type] = None
             bare[kernel_type.partition("/")[2]] = None
         return [*names, *bare]
+
+
+_default_finder: KernelFinder | None = None
+
+
+def default_finder(refresh: bool = False) -> KernelFinder:
+    """The process-wide finder built from the installed provider plugins.
+
+    Loading entry points scans every installed distribution (milliseconds
+    per call), so it is done once; kernelspecs themselves are still read
+    from disk on every lookup. ``refresh=True`` reloads the plugins.
+    """
+    global _default_finder
+    if _default_finder is None or refresh:
+        _default_finder = KernelFinder.from_entrypoints()
+    return _default_finder

@@ -25,7 +25,7 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_path
 
-from .errors import KernelSpecError, NoSuchKernel
+from .errors import KernelExecutableNotFound, KernelSpecError, NoSuchKernel
 
 __all__ = [
     "INTERRUPT_MODES",
@@ -324,6 +324,10 @@ def _file_kind(mode: int) -> str:
 def check_executable(spec: KernelSpec) -> None:
     """Raise :class:`KernelSpecError` if the spec's ``argv[0]`` cannot be run.
 
+    :class:`KernelExecutableNotFound` (also a ``FileNotFoundError``) when it
+    does not exist; plain :class:`KernelSpecError` when it exists but cannot
+    be run.
+
     Checked after the ``python`` rewrite of :meth:`KernelSpec.format_argv`. A
     bare name is looked up on ``PATH`` (the spec's own ``env`` PATH if it sets
     one); an absolute path must be an executable file. A relative path with a
@@ -340,8 +344,8 @@ def check_executable(spec: KernelSpec) -> None:
         search = env.get("PATH", os.environ.get("PATH", os.defpath))
         if shutil.which(exe, path=search) is None:
             where = "the PATH its 'env' sets" if "PATH" in env else "PATH"
-            raise KernelSpecError(
-                f"kernel executable {exe!r} (argv[0]) is not found on {where}", path
+            raise KernelExecutableNotFound(
+                f"kernel executable {exe!r} (argv[0]) is not found on {where}", path, exe
             )
         return
     if not os.path.isabs(exe):
@@ -349,8 +353,13 @@ def check_executable(spec: KernelSpec) -> None:
     try:
         mode = os.stat(exe).st_mode
     except OSError as exc:
-        why = "does not exist" if exc.errno == errno.ENOENT else f"cannot be used: {exc.strerror}"
-        raise KernelSpecError(f"kernel executable {exe!r} (argv[0]) {why}", path) from exc
+        if exc.errno == errno.ENOENT:
+            raise KernelExecutableNotFound(
+                f"kernel executable {exe!r} (argv[0]) does not exist", path, exe
+            ) from exc
+        raise KernelSpecError(
+            f"kernel executable {exe!r} (argv[0]) cannot be used: {exc.strerror}", path
+        ) from exc
     except ValueError as exc:  # a lone surrogate: no file can have that name
         raise KernelSpecError(
             f"kernel executable {exe!r} (argv[0]) is not a valid file name", path

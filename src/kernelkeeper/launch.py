@@ -260,7 +260,10 @@ async def launch_kernel(
         if not info.has_ports and not launch.handshake:
             info = _with_free_ports(info)
         try:
-            return await launch.start(info)
+            # A restart, or a retry, rewrites the kernel's own file: its old
+            # ports may be taken by someone else now, which is no live kernel.
+            own = attempt > 1 or (connection_info is not None and connection_info.has_ports)
+            return await launch.start(info, own_file=own)
         except _PortTaken as taken:
             if attempt == _PORT_TRIES:
                 raise taken.error from None
@@ -338,10 +341,15 @@ class _Launch:
         # *thread* that started it ends, so it is not the first choice.
         return argv, kenv, pass_fds, pdeathsig_preexec()
 
-    async def start(self, info: ConnectionInfo) -> tuple[ConnectionInfo, KernelManager]:
-        """Write the connection file, start the kernel, wait until it has bound."""
+    async def start(
+        self, info: ConnectionInfo, *, own_file: bool = False
+    ) -> tuple[ConnectionInfo, KernelManager]:
+        """Write the connection file, start the kernel, wait until it has bound.
+
+        ``own_file``: the file is this kernel's own from an earlier run or attempt.
+        """
         cf = self.cf
-        _conn.write_connection_file(info, cf)
+        _conn.write_connection_file(info, cf, replace_own=own_file)
         registrar = Registrar.get() if self.ipykernel else None
         token = f"{self.kernel_id}/{uuid.uuid4().hex[:12]}"
         argv, kenv, pass_fds, preexec = self._command(

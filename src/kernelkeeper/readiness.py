@@ -8,14 +8,44 @@ messages of another probe show. Runs on the client's loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol
 
-from .errors import KernelTimeoutError
+from .channels import Channel
+from .errors import KernelDiedError, KernelTimeoutError
+from .managerabc import KernelManagerABC
+from .router import Router
 from .session import Message
 
-if TYPE_CHECKING:
-    from .client import AsyncKernelClient
+
+class ReadinessHost(Protocol):
+    """What the handshake needs of its client (described here so that this
+    module never imports the client)."""
+
+    manager: KernelManagerABC | None
+    router: Router
+    shell_channel: Channel
+    kernel_info_reply: Message | None
+    _iopub_seen: asyncio.Event | None
+
+    @property
+    def channels_running(self) -> bool: ...
+
+    def start_channels(self) -> None: ...
+
+    def _died_error(self, when: str) -> KernelDiedError: ...
+
+    def _send(
+        self,
+        channel: Channel,
+        msg_type: str,
+        content: Mapping[str, Any],
+        *,
+        expect_reply: bool = False,
+    ) -> tuple[str, asyncio.Future[Message] | None]: ...
+
+    def _release_listener(self, msg_id: str) -> None: ...
+
 
 __all__ = ["wait_for_ready"]
 
@@ -24,7 +54,7 @@ def _ignore(msg: Message) -> None:
     pass
 
 
-async def wait_for_ready(kc: AsyncKernelClient, timeout: float | None = None) -> Message:
+async def wait_for_ready(kc: ReadinessHost, timeout: float | None = None) -> Message:
     """See :meth:`AsyncKernelClient.wait_for_ready`."""
     if not kc.channels_running:
         kc.start_channels()

@@ -1,0 +1,86 @@
+"""Where the multi-kernel manager's kernels come from: limits, a new
+:class:`AsyncKernelManager`, or a warm pool.
+
+A part of :class:`~kernelkeeper.multikernel.AsyncMultiKernelManager`; the
+pools themselves are :mod:`kernelkeeper.pool`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .activity import KernelRecord
+from .errors import ConfigurationError, KernelLimitError, LifecycleError
+from .manager import AsyncKernelManager
+from .multikernel_compat import KernelTable
+from .pool import KernelPool, PoolConfig
+
+__all__ = ["KernelSources"]
+
+
+class KernelSources(KernelTable):
+    """Admission (limits) and the making or taking of a kernel's manager."""
+
+    _starting: dict[str, KernelRecord]
+    _pools: dict[str, Any]
+    _pool_configs: dict[str, Any]
+    _factory: Callable[..., AsyncKernelManager]
+    kernel_manager_kw: dict[str, Any]
+    connection_dir: str
+    max_kernels: int | None
+    max_kernels_per_type: dict[str, int]
+
+    async def _fill_pools(self) -> None:
+        for name, cfg in list(self._pool_configs.items()):
+            pool = self._make_pool(name, cfg)
+            self._pool_configs.pop(name, None)
+            if pool is not None:
+                self._pools[name] = pool
+                await pool.start()
+
+    def add_pool(self, kernel_name: str, pool: Any) -> None:
+        """Serve starts of ``kernel_name`` from ``pool`` (a KernelPool or a pool config);
+        a config is made into a pool and filled by :meth:`start` / the next start."""
+        self._pool_configs[kernel_name] = pool
+
+    def _make_pool(self, name: str, cfg: Any) -> Any:
+        if hasattr(cfg, "take"):
+            return cfg
+        if not isinstance(cfg, PoolConfig):
+            raise ConfigurationError(f"pools[{name!r}] must be a KernelPool or a PoolConfig")
+        return KernelPool.from_config(name, cfg, factory=lambda: self._new_manager(name, None))
+
+    def _check_limits(self, name: str) -> None:
+        live = list(self._kernels.values()) + list(self._starting.values())
+        if self.max_kernels is not None and len(live) >= self.max_kernels:
+            raise KernelLimitError(f"Cannot start a kernel: max_kernels={self.max_kernels} reached")
+        limit = self.max_kernels_per_type.get(name)
+        if limit is not None and sum(1 for e in live if e.kernel_name == name) >= limit:
+            raise KernelLimitError(
+                f"Cannot start a {name!r} kernel: the limit of {limit} for that type is reached"
+            )
+
+    def _new_manager(self, name: str, kernel_id: str | None) -> AsyncKernelManager:
+        kw = dict(self.kernel_manager_kw)
+        if kernel_id is not None:
+            kw["kernel_id"] = kernel_id
+            if self.connection_dir:
+                kw["connection_file"] = os.path.join(
+                    self.connection_dir, f"kernel-{kernel_id}.json"
+                )
+        return self._factory(name, **kw)
+
+    async def _obtain(
+        self, entry: KernelRecord, kw: Mapping[str, Any]
+    ) -> tuple[AsyncKernelManager, bool]:
+        pool = self._pools.get(entry.kernel_name)
+        if pool is not None:
+            km = await pool.take(kernel_id=entry.kernel_id, cwd=kw.get("cwd"), env=kw.get("env"))
+            if km is not None:
+                if entry.ending:  # a shutdown came while we waited on the pool
+                    await km.shutdown_kernel(now=True)
+                    raise LifecycleError(f"The start of kernel {entry.kernel_id} was abandoned")
+                return km, True
+        return self._new_manager(entry.kernel_name, entry.kernel_id), False
