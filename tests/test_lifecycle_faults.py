@@ -594,3 +594,19 @@ async def test_listener_may_call_back_into_its_manager(managers: Any) -> None:
         await asyncio.to_thread(km.wait_ready, READY)
     finally:
         await asyncio.to_thread(km.shutdown_kernel, now=True)
+
+
+def test_a_failed_restart_leaves_no_connection_file(
+    kernel_dir: Callable[..., str], isolated_runtime: Path, tmp_path: Path
+) -> None:
+    flag = tmp_path / "die"
+    name = kernel_dir("exit_on_flag", env={"KK_TEST_EXIT_FLAG": str(flag)})
+    km = kernelkeeper.KernelManager(name)
+    km.start_kernel(startup_timeout=READY)
+    km.wait_ready(READY)
+    flag.write_text("")  # from now on the kernel dies while starting
+    with pytest.raises(KernelError):
+        km.restart_kernel(now=True)
+    assert km.state is KernelState.DEAD
+    km.shutdown_kernel(now=True)
+    assert not [p.name for p in isolated_runtime.iterdir() if p.name.startswith("kernel-")]

@@ -534,7 +534,12 @@ def _shutdown_leftovers() -> None:
     # Kernels die with this process anyway (their watchdog sees the pipe
     # close); here we also reap them and remove their connection files.
     lt = loopthread.current()
-    managers = [m for m in list(_live_managers) if m._portal is lt and m.has_kernel]
+    # Also managers whose kernel is dead but whose files remain (a failed restart).
+    managers = [
+        m
+        for m in list(_live_managers)
+        if m._portal is lt and (m.has_kernel or m._akm.connection_info is not None)
+    ]
     if not managers or lt is None:
         return
 

@@ -213,6 +213,9 @@ class KernelStopping(KernelEvents, RestartOptions):
                     await self._cleanup_files()
                     self._set_state(S.DEAD, "stopped")
                     self._emit("shutdown", now=now)
+                elif not restart and self.connection_info is not None:
+                    # Dead already (a restart that failed): its files are still ours.
+                    await self._cleanup_files()
         finally:
             self._shutdowns_waiting -= 1
             await self._delivered()
