@@ -45,7 +45,7 @@ from .execution import (
     print_output,
 )
 from .managerabc import KernelManagerABC
-from .protocol import KernelRequests
+from .protocol import KernelRequests, execute_content
 from .readiness import wait_for_ready
 from .router import Router
 from .session import Message, Session
@@ -398,14 +398,10 @@ class AsyncKernelClient(KernelRequests):
         event loop, so they must be quick; raises :class:`KernelDiedError`
         if the kernel dies first.
         """
-        content = {
-            "code": code,
-            "silent": silent,
-            "store_history": store_history,
-            "user_expressions": dict(user_expressions or {}),
-            "allow_stdin": self.allow_stdin if allow_stdin is None else allow_stdin,
-            "stop_on_error": stop_on_error,
-        }
+        allow = self.allow_stdin if allow_stdin is None else allow_stdin
+        content = execute_content(
+            code, silent, store_history, user_expressions, allow, stop_on_error
+        )
         return await execute_and_wait(
             self, content, timeout, output_hook or print_output, stdin_hook
         )
@@ -427,14 +423,9 @@ class AsyncKernelClient(KernelRequests):
         (on the event loop). Raises :class:`KernelDiedError` if the kernel
         dies first.
         """
-        content = {
-            "code": code,
-            "silent": silent,
-            "store_history": store_history,
-            "user_expressions": {},
-            "allow_stdin": stdin_hook is not None,
-            "stop_on_error": stop_on_error,
-        }
+        content = execute_content(
+            code, silent, store_history, None, stdin_hook is not None, stop_on_error
+        )
         collect = OutputCollector(on_output)
         reply = await execute_and_wait(self, content, timeout, collect, stdin_hook)
         return CellResult(reply, collect.outputs)

@@ -18,7 +18,26 @@ if TYPE_CHECKING:
     from .channels import Channel
     from .managerabc import KernelManagerABC
 
-__all__ = ["KernelRequests"]
+__all__ = ["KernelRequests", "execute_content"]
+
+
+def execute_content(
+    code: str,
+    silent: bool,
+    store_history: bool,
+    user_expressions: Mapping[str, str] | None,
+    allow_stdin: bool,
+    stop_on_error: bool,
+) -> dict[str, Any]:
+    """The content of an execute_request."""
+    return {
+        "code": code,
+        "silent": silent,
+        "store_history": store_history,
+        "user_expressions": dict(user_expressions or {}),
+        "allow_stdin": allow_stdin,
+        "stop_on_error": stop_on_error,
+    }
 
 
 class KernelRequests:
@@ -56,14 +75,10 @@ class KernelRequests:
         timeout: float | None = None,
     ) -> Any:
         """Send an execute_request; the msg_id, or the reply with ``reply=True``."""
-        content = {
-            "code": code,
-            "silent": silent,
-            "store_history": store_history,
-            "user_expressions": dict(user_expressions or {}),
-            "allow_stdin": self.allow_stdin if allow_stdin is None else allow_stdin,
-            "stop_on_error": stop_on_error,
-        }
+        allow = self.allow_stdin if allow_stdin is None else allow_stdin
+        content = execute_content(
+            code, silent, store_history, user_expressions, allow, stop_on_error
+        )
         return self._request(self.shell_channel, "execute_request", content, reply, timeout)
 
     def kernel_info(self, *, reply: bool = False, timeout: float | None = None) -> Any:
