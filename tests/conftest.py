@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from helpers import kernel_script
-from kernelkeeper import states
+from kernelkeeper import AsyncKernelManager, states
 
 # Every state change in the suite is checked against the transition table:
 # one that is not in it fails the test that caused it.
@@ -104,6 +104,21 @@ def kernel_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[...,
         return name
 
     return make
+
+
+@pytest.fixture
+async def managers() -> AsyncIterator[Callable[..., AsyncKernelManager]]:
+    """``make(kernel_name, **kw)``: an AsyncKernelManager killed at teardown."""
+    made: list[AsyncKernelManager] = []
+
+    def make(kernel_name: str = "", **kwargs: Any) -> AsyncKernelManager:
+        km = AsyncKernelManager(kernel_name, **kwargs)
+        made.append(km)
+        return km
+
+    yield make
+    for km in made:
+        await km.shutdown_kernel(now=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

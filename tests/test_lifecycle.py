@@ -118,12 +118,6 @@ class SyncKM(_Awaitable):
         return SyncKC(kc)
 
 
-@pytest.fixture(autouse=True)
-def strict_states(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A state change not in kernelkeeper.states.TRANSITIONS raises inside the manager."""
-    monkeypatch.setattr(kernelkeeper.states, "strict", True)
-
-
 @pytest.fixture(params=["sync", "async"])
 def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,6 @@ from kernelkeeper import (
     KernelState,
     LifecycleError,
     NotRunningError,
-    states,
     subproc,
 )
 
@@ -42,11 +41,6 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals a
 READY = 60.0
 REPLY = 30.0
 IPYKERNEL = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-
-
-@pytest.fixture(autouse=True)
-def strict_states(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(states, "strict", True)
 
 
 @pytest.fixture
@@ -66,20 +60,6 @@ def slow_kernel(kernel_dir: Callable[..., str], tmp_path: Path) -> Callable[...,
         return kernel_dir("slow_start", name=name, argv=IPYKERNEL, env=env)
 
     return make
-
-
-@pytest.fixture
-async def managers() -> AsyncIterator[Callable[..., AsyncKernelManager]]:
-    made: list[AsyncKernelManager] = []
-
-    def make(kernel_name: str = "", **kwargs: Any) -> AsyncKernelManager:
-        km = AsyncKernelManager(kernel_name, **kwargs)
-        made.append(km)
-        return km
-
-    yield make
-    for km in made:
-        await km.shutdown_kernel(now=True)
 
 
 def launched_kernel(connection_file: str) -> psutil.Process | None:

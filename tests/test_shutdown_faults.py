@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,27 +51,6 @@ def read_children(path: Path, timeout: float = READY) -> list[psutil.Process]:
 
 def runtime_files(runtime: Path) -> list[str]:
     return sorted(p.name for p in runtime.rglob("kernel-*"))
-
-
-@pytest.fixture(autouse=True)
-def strict_states(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A state change not in kernelkeeper.states.TRANSITIONS raises inside the manager."""
-    monkeypatch.setattr(kernelkeeper.states, "strict", True)
-
-
-@pytest.fixture
-async def managers() -> AsyncIterator[Callable[..., AsyncKernelManager]]:
-    """``make(kernel_name, **kw)``: an AsyncKernelManager killed at teardown."""
-    made: list[AsyncKernelManager] = []
-
-    def make(kernel_name: str = "", **kwargs: Any) -> AsyncKernelManager:
-        km = AsyncKernelManager(kernel_name, **kwargs)
-        made.append(km)
-        return km
-
-    yield make
-    for km in made:
-        await km.shutdown_kernel(now=True)
 
 
 # -- escalation ------------------------------------------------------------------------

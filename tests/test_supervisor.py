@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import pytest
 
 import kernelkeeper
 from helpers import KERNELS_DIR, Recorder, assert_gone, find, wait_for
-from kernelkeeper import AsyncKernelManager, ConfigurationError, KernelState, states
+from kernelkeeper import AsyncKernelManager, ConfigurationError, KernelState
 from kernelkeeper.supervisor import HeartbeatMonitor
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and process groups")
@@ -35,25 +35,6 @@ IPYKERNEL = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file
 # Tight enough that a 10 s computation would be flagged by a monitor that asks
 # the kernel's main thread; a hang shows within about 1.5 s.
 FAST_HB = {"heartbeat_interval": 0.5, "heartbeat_misses": 3}
-
-
-@pytest.fixture(autouse=True)
-def strict_states(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(states, "strict", True)
-
-
-@pytest.fixture
-async def managers() -> AsyncIterator[Callable[..., AsyncKernelManager]]:
-    made: list[AsyncKernelManager] = []
-
-    def make(kernel_name: str = "", **kwargs: Any) -> AsyncKernelManager:
-        km = AsyncKernelManager(kernel_name, **kwargs)
-        made.append(km)
-        return km
-
-    yield make
-    for km in made:
-        await km.shutdown_kernel(now=True)
 
 
 class Calls:
