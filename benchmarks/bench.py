@@ -1358,6 +1358,8 @@ def child_idle(lib: str, n: int, batch: int, idle_s: float) -> dict[str, Any]:
                 alive(f"{lib}: starting kernels {done + 1}-{done + k} of {n}")
                 got = await asyncio.gather(*(start(mkm) for _ in range(k)), return_exceptions=True)
                 errors += [_errtext(e) for e in got if isinstance(e, BaseException)]
+                if not done:  # the first batch also initialised the library
+                    first = (k, me.memory_info().rss / 2**20)
                 done += k
             start_s = time.perf_counter() - t0
             # Let the start-up settle (probes' delayed cleanups, first heartbeats).
@@ -1373,8 +1375,10 @@ def child_idle(lib: str, n: int, batch: int, idle_s: float) -> dict[str, Any]:
             c1, wall = me.cpu_times(), time.monotonic() - w0
             snap = _snapshot()
             cpu = (c1.user - c0.user) + (c1.system - c0.system)
+            more = n - first[0]
             return {
                 **snap,
+                "rss_kib_per_kernel": (snap["rss_mib"] - first[1]) * 1024 / more if more else 0.0,
                 "cpu_pct": 100.0 * cpu / wall,
                 "cpu_s": cpu,
                 "idle_s": wall,
@@ -1852,6 +1856,11 @@ def bench_idle(p: Params) -> list[Row]:
     rows = [
         row("threads", f"manager threads, {where}", "count", "kk ≤ 4", "kk<=4"),
         row("rss_mib", f"manager RSS, {where}", "MiB", "≤ 0.6", "ratio<=0.6"),
+        row(
+            "rss_kib_per_kernel",
+            f"manager RSS per kernel after the first batch, {where}",
+            "KiB",
+        ),
         row("fds", f"manager fds, {where}", "count"),
         row(
             "cpu_pct",

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -324,6 +325,39 @@ async def test_real_pool_hit_is_ready_honours_cwd_and_refills(tmp_path: Path) ->
         assert pool.hits == 1
         await pool.wait_filled(timeout=60)  # refilled after the take
         assert pool.size == 1 and pooled_pid not in pool.pids()
+    finally:
+        await mkm.aclose()
+
+
+async def test_pool_hit_without_an_id_keeps_the_kernels_and_hands_out_its_client() -> None:
+    mkm = AsyncMultiKernelManager(pools={"python3": PoolConfig(min_size=1)})
+    try:
+        await mkm.start()
+        pool = mkm._pools["python3"]
+        await pool.wait_filled(timeout=60)
+        pooled = pool._ready[0].km
+        cf = pooled.connection_file
+        kid = await mkm.start_kernel("python3")
+        km = mkm.get_kernel(kid)
+        # No id asked for: the pooled kernel's own uuid4 and file, not a rename.
+        assert km is pooled and kid == km.kernel_id and km.connection_file == cf
+        assert str(uuid.UUID(kid)) == kid
+        # The connected client is not a connection until handed out.
+        assert mkm.kernel_model(kid)["connections"] == 0
+        kc = mkm.client(kid)
+        assert kc.channels_running and mkm.kernel_model(kid)["connections"] == 1
+        assert await kc.iopub_channel.get_msgs() == []  # nothing from its time in the pool
+        other = mkm.client(kid)  # handed out once; then fresh clients
+        assert other is not kc and not other.channels_running
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=30)
+            result = await kc.run_cell("print(6 * 7)", timeout=30)
+            assert result.stdout == "42\n"
+            # Its first execution's output came in order, nothing from the pool before it.
+            assert result.execution_count == 1
+        finally:
+            await kc.aclose()
     finally:
         await mkm.aclose()
 

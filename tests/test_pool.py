@@ -330,6 +330,37 @@ async def test_a_pooled_kernel_killed_from_outside_is_replaced() -> None:
         await pool.aclose()
 
 
+async def test_a_pooled_kernel_that_hangs_is_replaced_and_take_restores_settings() -> None:
+    def factory() -> AsyncKernelManager:
+        return AsyncKernelManager("python3", heartbeat_interval=0.3, heartbeat_misses=2)
+
+    pool = KernelPool("python3", min_size=2, factory=factory)
+    await pool.start()
+    stopped: list[psutil.Process] = []
+    try:
+        await pool.wait_filled(timeout=START)
+        victim, survivor = pool.pids()
+        stopped.append(psutil.Process(victim))
+        os.killpg(victim, signal.SIGSTOP)  # alive, but its heartbeat stops
+        await until(lambda: pool.hung == 1)
+        assert pool.died == 0
+        await pool.wait_filled(timeout=START)
+        pids = pool.pids()
+        assert len(pids) == 2 and victim not in pids and survivor in pids
+        got = await pool.take_with_client()
+        assert got is not None
+        km, kc = got
+        assert km.process is not None and km.process.pid == survivor
+        assert km.supervisor.monitor_heartbeat is False  # the factory's setting again
+        assert kc is not None and kc.channels_running
+        await kc.wait_for_ready(timeout=START)
+        await kc.aclose()
+        await km.shutdown_kernel(now=True)
+    finally:
+        await pool.aclose()
+    wait_gone(stopped)  # the hung one was killed when it was replaced
+
+
 async def test_ttl_retires_and_replaces_kernels() -> None:
     pool = KernelPool("python3", min_size=1, ttl=4.0)
     await pool.start()

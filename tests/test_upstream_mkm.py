@@ -5,7 +5,11 @@ once with pip into a cache (``KK_TEST_CACHE``, default
 ``~/.cache/kernelkeeper-tests``). Its imports are rewritten so that
 ``MultiKernelManager``, ``AsyncMultiKernelManager``, ``KernelManager`` and
 ``AsyncKernelManager`` are kernelkeeper's, and it runs under pytest in a
-subprocess (tornado's ``gen_test`` drives the async ones, as upstream).
+subprocess (tornado's ``gen_test`` drives the async ones, as upstream). In
+the ``jupyter_client-mkm`` mode the multi-kernel managers stay jupyter_client's
+own, with kernelkeeper's ``KernelManager``/``AsyncKernelManager`` as their
+``kernel_manager_class`` (``tests/upstream/jc_mkm_shim.py``): the seam
+jupyter_server's MappingKernelManager uses.
 Skipped: only the tests of jupyter_client machinery kernelkeeper does not
 have, each with its reason (``SKIPS``). The subprocess shares this test's
 runtime dir, so the leak check of ``conftest.py`` covers it too.
@@ -30,19 +34,28 @@ SUBCLASS = (
     "traitlets subclass machinery: counts calls of jupyter_client's internal methods "
     "(RecordCallMixin on KernelManager/MultiKernelManager subclasses)"
 )
+
 STREAM = (
-    "sends kernel_info on a client whose channels were never started (jupyter_client "
-    "creates channel sockets on first use; kernelkeeper's client raises NotRunningError), "
-    "and the async variant reads km.context (AsyncKernelManager has no zmq context); "
-    "connect_iopub's ZMQStream and km.session's feed_identities/deserialize do work"
+    "jupyter_client's own MultiKernelManager calls km.connect_iopub() and this test "
+    "needs the ZMQStream of jupyter_client's IOLoopKernelManager; kernelkeeper's "
+    "manager returns a plain zmq socket there, as jupyter_client's KernelManager does "
+    "(kernelkeeper's multi-kernel manager returns ZMQStreams: the test passes in the "
+    "kernelkeeper mode)"
 )
+
+#: Skipped only when jupyter_client's multi-kernel managers drive ours.
+JC_MKM_SKIPS: dict[str, dict[str, str]] = {
+    "8.10.0": {
+        "TestKernelManager::test_stream_on_recv": STREAM,
+        "TestAsyncKernelManager::test_stream_on_recv": STREAM,
+    },
+    "5.3.5": {},
+}
 
 SKIPS: dict[str, dict[str, str]] = {
     "8.10.0": {
         "TestKernelManager::test_subclass_callables": SUBCLASS,
         "TestAsyncKernelManager::test_subclass_callables": SUBCLASS,
-        "TestKernelManager::test_stream_on_recv": STREAM,
-        "TestAsyncKernelManager::test_stream_on_recv": STREAM,
     },
     "5.3.5": {},
 }
@@ -90,14 +103,32 @@ def sdist(version: str) -> Path:
     return path
 
 
-def extract_tests(version: str, dest: Path) -> Path:
+#: The multi-kernel managers' imports in the ``jupyter_client-mkm`` mode.
+JC_MKM_REWRITES = [
+    (
+        "from jupyter_client.multikernelmanager import AsyncMultiKernelManager, MultiKernelManager",
+        "from .jc_mkm_shim import AsyncMultiKernelManager, MultiKernelManager",
+    ),
+    (
+        "from jupyter_client.multikernelmanager import MultiKernelManager",
+        "from .jc_mkm_shim import MultiKernelManager",
+    ),
+]
+
+
+def skips_for(version: str, mode: str) -> dict[str, str]:
+    extra = JC_MKM_SKIPS[version] if mode == "jupyter_client-mkm" else {}
+    return {**SKIPS[version], **extra}
+
+
+def extract_tests(version: str, dest: Path, mode: str = "kernelkeeper") -> Path:
     """The upstream test file, imports rewritten, in a package of its own under ``dest``."""
     member = f"jupyter_client-{version}/{LAYOUT[version]}"
     with tarfile.open(sdist(version)) as tar:
         f = tar.extractfile(member)
         assert f is not None, f"{member} not in the sdist"
         source = f.read().decode()
-    for old, new in REWRITES:
+    for old, new in (JC_MKM_REWRITES if mode == "jupyter_client-mkm" else []) + REWRITES:
         source = source.replace(old, new)
     assert "jupyter_client" not in source.replace("jupyter_client's", ""), (
         "an import of jupyter_client was left unrewritten"
@@ -108,7 +139,8 @@ def extract_tests(version: str, dest: Path) -> Path:
     (pkg / "test_multikernelmanager.py").write_text(source)
     shutil.copy(HERE / "upstream" / "jc_utils.py", pkg / "utils.py")
     shutil.copy(HERE / "upstream" / "jc_conftest.py", pkg / "conftest.py")
-    (pkg / "skips.json").write_text(json.dumps(SKIPS[version]))
+    shutil.copy(HERE / "upstream" / "jc_mkm_shim.py", pkg / "jc_mkm_shim.py")
+    (pkg / "skips.json").write_text(json.dumps(skips_for(version, mode)))
     (dest / "pytest.ini").write_text(
         "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
     )
@@ -116,9 +148,10 @@ def extract_tests(version: str, dest: Path) -> Path:
 
 
 @pytest.mark.timeout(1200)  # ~30 kernel lifecycles in a subprocess; minutes on a loaded machine
+@pytest.mark.parametrize("mode", ["kernelkeeper", "jupyter_client-mkm"])
 @pytest.mark.parametrize("version", ["8.10.0", "5.3.5"])
-def test_jupyter_client_multikernelmanager_suite(version: str, tmp_path: Path) -> None:
-    pkg = extract_tests(version, tmp_path)
+def test_jupyter_client_multikernelmanager_suite(version: str, mode: str, tmp_path: Path) -> None:
+    pkg = extract_tests(version, tmp_path, mode)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH", "")) if p)
     env["ASYNC_TEST_TIMEOUT"] = "120"  # tornado's gen_test: 5 s is too short on a loaded machine
@@ -129,4 +162,4 @@ def test_jupyter_client_multikernelmanager_suite(version: str, tmp_path: Path) -
     assert r.returncode == 0, out
     assert " passed" in r.stdout, out
     skipped = r.stdout.count("SKIPPED [")
-    assert skipped <= len(SKIPS[version]) + 1, out  # + upstream's own linux skip
+    assert skipped <= len(skips_for(version, mode)) + 1, out  # + upstream's own linux skip

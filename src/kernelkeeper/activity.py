@@ -24,6 +24,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from .channels import connect_socket
 from .client import AsyncKernelClient
 from .connection import ConnectionInfo
 from .culling import KernelActivityView
@@ -98,6 +99,9 @@ class KernelActivity:
         sock.linger = 0
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+        # No receive limit: past zmq's default of 1000 queued messages a burst of
+        # output would drop messages here, its final idle status among them.
+        sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         configure_client(sock, info)
         sock.connect(info.url("iopub"))
@@ -169,31 +173,6 @@ class KernelActivity:
                 await task
 
 
-_SOCKET_TYPES = {
-    "shell": zmq.DEALER,
-    "iopub": zmq.SUB,
-    "stdin": zmq.DEALER,
-    "control": zmq.DEALER,
-    "hb": zmq.REQ,
-}
-
-
-def connect_socket(
-    context: zmq.Context[Any], info: ConnectionInfo, channel: str, identity: bytes | None = None
-) -> Any:
-    """A zmq socket of ``context`` connected to ``channel`` of the kernel in ``info``
-    (jupyter_client's ``connect_iopub`` and friends; the caller closes it)."""
-    sock = context.socket(_SOCKET_TYPES[channel])
-    sock.linger = 1000
-    if identity:
-        sock.setsockopt(zmq.IDENTITY, identity)
-    if channel == "iopub":
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-    configure_client(sock, info)
-    sock.connect(info.url(channel))
-    return sock
-
-
 def resolve(fut: asyncio.Future[None], error: BaseException | None = None) -> None:
     """Settle ``fut`` once: with ``error`` (an Exception), cancelled (any other), or None."""
     if fut.done():
@@ -245,6 +224,8 @@ class KernelRecord:
         self.restart_reasons: list[str] = []  # restarts we asked for, not yet seen
         self._ready_task: asyncio.Task[Any] | None = None
         self.listener: Callable[[KernelEvent], None] | None = None
+        #: A pool hit's connected client, not handed out yet (not a connection).
+        self.spare_client: AsyncKernelClient | None = None
 
     @property
     def start_pending(self) -> bool:
@@ -306,7 +287,13 @@ class KernelRecord:
             self._ready_task = task
         return task
 
+    async def close_spare(self) -> None:
+        kc, self.spare_client = self.spare_client, None
+        if kc is not None:
+            await kc.aclose()
+
     async def aclose(self) -> None:
+        await self.close_spare()
         task, self._ready_task = self._ready_task, None
         if task is not None and not task.done():
             task.cancel()

@@ -1,85 +1,66 @@
 """Blocking views of the client's channels (jupyter_client's blocking channel API).
 
-Each call is handed to the library's loop thread, which owns the sockets.
+Derived from :class:`~kernelkeeper.channels.Channel` and
+:class:`~kernelkeeper.channels.HBChannel` (see :mod:`kernelkeeper.face`):
+each call is handed to the portal's loop, which owns the sockets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from .channels import Channel, HBChannel
+from .face import Face, derive, register
 from .loopthread import LoopThread
-from .session import Message, Session
 
 __all__ = ["BlockingChannel", "BlockingHBChannel"]
 
 
-class BlockingChannel:
-    """A channel whose ``get_msg`` blocks (jupyter_client's blocking channel API)."""
+@derive(Channel)
+class BlockingChannel(Face):
+    """A channel whose ``get_msg`` blocks (jupyter_client's blocking channel API).
+
+    ``get_msg(timeout)`` raises :class:`queue.Empty` if nothing arrives in
+    time; ``timeout=0`` (or ``block=False``) returns a queued message
+    without waiting.
+    """
 
     def __init__(self, channel: Channel, portal: LoopThread) -> None:
-        self._channel = channel
-        self._portal = portal
+        self._bind(channel, portal)
 
     def __repr__(self) -> str:
-        return repr(self._channel).replace("<Channel", "<BlockingChannel")
-
-    @property
-    def session(self) -> Session:
-        return self._channel.session
-
-    def get_msg(self, timeout: float | None = None, *, block: bool = True) -> Message:
-        """The next message; :class:`queue.Empty` if none arrives within ``timeout``.
-
-        ``timeout=0`` (or ``block=False``) returns a queued message without waiting.
-        """
-        if not block:
-            timeout = 0
-        return self._portal.run(self._channel.get_msg(timeout))
-
-    def get_msgs(self) -> list[Message]:
-        return self._portal.run(self._channel.get_msgs())
+        return repr(self._async).replace("<Channel", "<BlockingChannel")
 
     def msg_ready(self) -> bool:
-        return not self._channel.queue.empty()
-
-    def send(self, msg: Mapping[str, Any]) -> None:
-        self._portal.call(self._channel.send, msg)
+        """Is a message queued? (Read without a trip to the loop.)"""
+        return not self._async.queue.empty()
 
     def is_alive(self) -> bool:
-        return self._channel.is_alive()
-
-    def start(self) -> None:
-        self._portal.call(self._channel.start)
+        """Is the channel running?"""
+        return bool(self._async.is_alive())
 
     def stop(self) -> None:
-        self._portal.run(self._channel.aclose())
+        """Stop the channel and wait for its task to end."""
+        self._portal.run(self._async.aclose())
 
 
-class BlockingHBChannel:
+@derive(HBChannel)
+class BlockingHBChannel(Face):
+    """The heartbeat channel, its calls handed to the portal's loop."""
+
     def __init__(self, hb: HBChannel, portal: LoopThread) -> None:
-        self._hb = hb
-        self._portal = portal
-
-    @property
-    def time_to_dead(self) -> float:
-        return self._hb.time_to_dead
+        self._bind(hb, portal)
 
     def is_beating(self) -> bool:
-        return self._hb.is_beating()
+        """Did the kernel answer the last ping (and is the channel running)?"""
+        return bool(self._async.is_beating())
 
     def is_alive(self) -> bool:
-        return self._hb.is_alive()
-
-    def pause(self) -> None:
-        self._portal.call(self._hb.pause)
-
-    def unpause(self) -> None:
-        self._portal.call(self._hb.unpause)
-
-    def start(self) -> None:
-        self._portal.call(self._hb.start)
+        """Is the channel running?"""
+        return bool(self._async.is_alive())
 
     def stop(self) -> None:
-        self._portal.run(self._hb.aclose())
+        """Stop pinging and wait for the task to end."""
+        self._portal.run(self._async.aclose())
+
+
+register(Channel, BlockingChannel)
+register(HBChannel, BlockingHBChannel)

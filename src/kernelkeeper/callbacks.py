@@ -22,6 +22,7 @@ import asyncio
 import atexit
 import collections
 import concurrent.futures
+import contextlib
 import contextvars
 import logging
 import os
@@ -67,10 +68,17 @@ class Dispatcher:
     """Runs callbacks on library threads: in order per key, keys in parallel.
 
     :param max_workers: threads at most; past that, keys wait for a free thread.
+    :param idle_exit: seconds a thread waits for work before it ends (a new one
+        is started on demand), so an idle manager holds no callback threads.
+    :param name: the threads' name.
     """
 
-    def __init__(self, max_workers: int = 8) -> None:
+    def __init__(
+        self, max_workers: int = 8, idle_exit: float = 5.0, name: str = "kk-callbacks"
+    ) -> None:
         self.max_workers = max_workers
+        self.idle_exit = idle_exit
+        self.name = name
         self._lock = threading.Lock()
         self._pending: dict[Hashable, collections.deque[Callable[[], Any]]] = {}
         self._ready: collections.deque[Hashable] = collections.deque()
@@ -133,7 +141,7 @@ class Dispatcher:
             self._ready.append(key)
             self._workers = [t for t in self._workers if t.is_alive()]
             if self._idle == 0 and len(self._workers) < self.max_workers and not self._closed:
-                t = threading.Thread(target=self._work, name="kk-callbacks", daemon=True)
+                t = threading.Thread(target=self._work, name=self.name, daemon=True)
                 self._workers.append(t)
                 t.start()
             self._wake.notify()
@@ -143,7 +151,13 @@ class Dispatcher:
             with self._lock:
                 self._idle += 1
                 while not self._ready and not self._closed:
-                    self._wake.wait()
+                    if not self._wake.wait(self.idle_exit) and not self._ready:
+                        # Idle for long: end. Under the lock, so _put sees one idle
+                        # thread less and starts a new one if work comes.
+                        self._idle -= 1
+                        with contextlib.suppress(ValueError):
+                            self._workers.remove(threading.current_thread())
+                        return
                 self._idle -= 1
                 if not self._ready:
                     return  # closed and nothing left

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import logging
 import queue
 import time
 from collections.abc import Callable, Generator, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -30,24 +31,46 @@ from .errors import KernelDiedError, NotRunningError
 from .session import Message, Session
 
 
-class ChannelOwner(Protocol):
-    """What a channel needs of the client that owns it (the client itself,
-    described here so that this module never imports the client)."""
+@dataclasses.dataclass
+class ChannelLink:
+    """What the channels of one client share: where to connect, how to sign, and
+    whom to tell. The client owns it (and updates it when it loads new connection
+    info); the channels never look into the client itself."""
 
-    _context: zmq.asyncio.Context
-    connection_info: ConnectionInfo
+    context: zmq.asyncio.Context
     session: Session
+    #: Where the kernel listens; None until the client has connection info.
+    connection_info: ConnectionInfo | None
+    #: Gets every parsed message with its wire size (the client's routing).
+    deliver: Callable[[Channel, Message, int], None]
+    #: Raises KernelDiedError when the kernel is known to be dead.
+    check_alive: Callable[[], None] = lambda: None
+    #: Called when a channel starts (on the loop), also when started on first use.
+    on_start: Callable[[], None] = lambda: None
+    #: The heartbeat answered.
+    on_beat: Callable[[], None] = lambda: None
+    #: The heartbeat missed this many beats in a row.
+    on_missed: Callable[[int], None] = lambda missed: None
 
-    def _dispatch(self, channel: Channel, msg: Message, nbytes: int = 0) -> None: ...
+    def info(self, channel: str) -> ConnectionInfo:
+        """The connection info, or NotRunningError when there is none yet."""
+        if self.connection_info is None:
+            raise NotRunningError(
+                f"Cannot connect the {channel} channel: no connection info "
+                "(call load_connection_file() or load_connection_info() first)"
+            )
+        return self.connection_info
 
-    def _raise_if_dead(self) -> None: ...
 
-    def _hb_beat(self) -> None: ...
-
-    def _hb_missed(self, missed: int) -> None: ...
-
-
-__all__ = ["Channel", "ChannelOwner", "HBChannel", "MessageQueue", "MsgId"]
+__all__ = [
+    "Channel",
+    "ChannelLink",
+    "HBChannel",
+    "MessageQueue",
+    "MsgId",
+    "TaskOwner",
+    "connect_socket",
+]
 
 log = logging.getLogger("kernelkeeper.client")
 
@@ -57,6 +80,22 @@ _SOCKET_TYPES = {
     "stdin": zmq.DEALER,
     "iopub": zmq.SUB,
 }
+
+
+def connect_socket(
+    context: zmq.Context[Any], info: ConnectionInfo, channel: str, identity: bytes | None = None
+) -> Any:
+    """A zmq socket of ``context`` connected to ``channel`` of the kernel in ``info``
+    (jupyter_client's ``connect_iopub`` and friends; the caller closes it)."""
+    sock = context.socket(_SOCKET_TYPES.get(channel, zmq.REQ))  # hb: REQ
+    sock.linger = 1000
+    if identity:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    if channel == "iopub":
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+    configure_client(sock, info)
+    sock.connect(info.url(channel))
+    return sock
 
 
 class MsgId(str):
@@ -74,7 +113,7 @@ class MsgId(str):
         yield  # pragma: no cover - makes this a generator
 
 
-class _TaskOwner:
+class TaskOwner:
     """Owns one background task: ``stop`` cancels it, ``aclose`` also awaits it."""
 
     _task: asyncio.Task[None] | None = None
@@ -94,6 +133,10 @@ class _TaskOwner:
 
     def is_alive(self) -> bool:
         return self._task is not None and not self._task.done()
+
+
+# The old private name, for code that subclassed it.
+_TaskOwner = TaskOwner
 
 
 class MessageQueue:
@@ -169,7 +212,7 @@ class MessageQueue:
                 return
 
 
-class Channel(_TaskOwner):
+class Channel(TaskOwner):
     """One kernel socket plus the queue of its messages nobody else claimed.
 
     Mirrors jupyter_client's async channel: ``await get_msg(timeout)`` raises
@@ -181,8 +224,8 @@ class Channel(_TaskOwner):
     #: Most bytes (received frame sizes) of unread messages kept; see :meth:`put`.
     max_queued_bytes = 64 * 1024 * 1024
 
-    def __init__(self, client: ChannelOwner, name: str) -> None:
-        self.client = client
+    def __init__(self, link: ChannelLink, name: str) -> None:
+        self.link = link
         self.name = name
         self.socket: zmq.asyncio.Socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -198,13 +241,14 @@ class Channel(_TaskOwner):
 
     @property
     def session(self) -> Session:
-        return self.client.session
+        return self.link.session
 
     def start(self) -> None:
-        """Connect the socket and start receiving."""
+        """Connect the socket and start receiving (on the running loop)."""
         if self._task is not None:
             return
-        sock = self.client._context.socket(_SOCKET_TYPES[self.name])
+        info = self.link.info(self.name)
+        sock = self.link.context.socket(_SOCKET_TYPES[self.name])
         sock.linger = 1000 if self.name == "control" else 0
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
@@ -213,12 +257,28 @@ class Channel(_TaskOwner):
         else:
             # stdin must share the shell's identity: the kernel routes
             # input_request to the peer that sent the execute_request.
-            sock.setsockopt(zmq.IDENTITY, self.client.session.bsession)
-        configure_client(sock, self.client.connection_info)
-        sock.connect(self.client.connection_info.url(self.name))
+            sock.setsockopt(zmq.IDENTITY, self.link.session.bsession)
+        configure_client(sock, info)
+        sock.connect(info.url(self.name))
         self.socket = sock
         self._loop = asyncio.get_running_loop()
         self._task = self._loop.create_task(self._receive(sock), name=f"kk-{self.name}")
+        self.link.on_start()
+
+    def ensure_started(self) -> None:
+        """Start the channel if it is not running: jupyter_client creates a
+        channel's socket on first use, and code written for it relies on that.
+
+        Needs the running loop; without one a stopped channel raises
+        :class:`~kernelkeeper.errors.NotRunningError`.
+        """
+        if self.socket is not None:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise NotRunningError(f"The {self.name} channel is not running") from None
+        self.start()
 
     def stop(self) -> None:
         """Cancel the receive task and close the socket (no await needed)."""
@@ -228,8 +288,8 @@ class Channel(_TaskOwner):
             sock.close()
 
     async def _receive(self, sock: zmq.asyncio.Socket) -> None:
-        session = self.client.session
-        dispatch = self.client._dispatch
+        session = self.link.session
+        deliver = self.link.deliver
         while True:
             try:
                 frames = await sock.recv_multipart()
@@ -241,7 +301,7 @@ class Channel(_TaskOwner):
             msg = session.feed(frames)
             if msg is not None:
                 try:
-                    dispatch(self, msg, sum(len(f) for f in frames))
+                    deliver(self, msg, sum(len(f) for f in frames))
                 except Exception:  # a failing user hook must not kill the channel
                     log.exception("Error handling a %s message", self.name)
 
@@ -269,10 +329,10 @@ class Channel(_TaskOwner):
                 )
 
     def send(self, msg: Mapping[str, Any]) -> None:
-        """Sign and send a message dict on this channel."""
-        if self.socket is None:
-            raise NotRunningError(f"The {self.name} channel is not running")
-        frames = self.client.session.serialize(msg)
+        """Sign and send a message dict on this channel (started first if need be)."""
+        self.ensure_started()
+        assert self.socket is not None
+        frames = self.link.session.serialize(msg)
         try:
             here = asyncio.get_running_loop()
         except RuntimeError:
@@ -291,10 +351,12 @@ class Channel(_TaskOwner):
         if not sock.closed:
             sock.send_multipart(frames)
 
-    async def get_msg(self, timeout: float | None = None) -> Message:
+    async def get_msg(self, timeout: float | None = None, *, block: bool = True) -> Message:
         """The next queued message; :class:`queue.Empty` after ``timeout`` seconds.
 
-        A message already queued is returned even with ``timeout=0``. When the
+        A message already queued is returned even with ``timeout=0`` (or
+        ``block=False``, which is the same). A channel never started is started
+        first, as jupyter_client's are on first use. When the
         kernel is known to be dead and nothing is queued, nothing more will
         come, so this does not wait: with a ``timeout`` it raises
         :class:`queue.Empty` at once (the jupyter_client idiom then asks
@@ -304,13 +366,14 @@ class Channel(_TaskOwner):
         close raises :class:`~kernelkeeper.errors.NotRunningError`.
         """
         q = self.queue
+        if not block:
+            timeout = 0
         if not q.empty():
             return q.get_nowait()
         try:
-            self.client._raise_if_dead()
+            self.link.check_alive()
+            self.ensure_started()
             if timeout is None:
-                if self.socket is None:
-                    raise NotRunningError(f"The {self.name} channel is not running")
                 return await q.get()
             if timeout <= 0:
                 raise queue.Empty
@@ -334,7 +397,7 @@ class Channel(_TaskOwner):
         return not self.queue.empty()
 
 
-class HBChannel(_TaskOwner):
+class HBChannel(TaskOwner):
     """Pings the kernel's heartbeat socket; notices a kernel that stopped beating.
 
     A ping unanswered for ``time_to_dead`` seconds is a missed beat;
@@ -342,8 +405,8 @@ class HBChannel(_TaskOwner):
     beat after each miss. ``missed`` counts the misses in a row.
     """
 
-    def __init__(self, client: ChannelOwner, time_to_dead: float = 1.0) -> None:
-        self.client = client
+    def __init__(self, link: ChannelLink, time_to_dead: float = 1.0) -> None:
+        self.link = link
         self.time_to_dead = time_to_dead
         self._beating = True
         self._paused = False
@@ -355,7 +418,9 @@ class HBChannel(_TaskOwner):
         self.missed = 0
 
     def start(self) -> None:
+        """Start pinging (on the running loop)."""
         if self._task is None:
+            self.link.info("hb")
             self.missed = 0
             self._last = time.monotonic()
             self._task = asyncio.get_running_loop().create_task(self._run(), name="kk-hb")
@@ -379,10 +444,11 @@ class HBChannel(_TaskOwner):
                 log.exception("Heartbeat callback %r failed", cb)
 
     def _socket(self) -> zmq.asyncio.Socket:
-        sock = self.client._context.socket(zmq.REQ)
+        info = self.link.info("hb")
+        sock = self.link.context.socket(zmq.REQ)
         sock.linger = 0
-        configure_client(sock, self.client.connection_info)
-        sock.connect(self.client.connection_info.url("hb"))
+        configure_client(sock, info)
+        sock.connect(info.url("hb"))
         return sock
 
     async def _run(self) -> None:
@@ -400,7 +466,7 @@ class HBChannel(_TaskOwner):
                     self._beating = True
                     self.missed = 0
                     self._last = time.monotonic()
-                    self.client._hb_beat()
+                    self.link.on_beat()
                     # The beat period: wait out the rest of time_to_dead.
                     await asyncio.sleep(max(0.0, self.time_to_dead - (self._last - started)))
                     continue
@@ -410,6 +476,6 @@ class HBChannel(_TaskOwner):
                 self._beating = False
                 self.missed += 1
                 self.call_handlers(time.monotonic() - self._last)
-                self.client._hb_missed(self.missed)
+                self.link.on_missed(self.missed)
         finally:
             sock.close()

@@ -1,13 +1,16 @@
-"""The async kernel client: sockets, reply routing, heartbeat, ready handshake.
+"""The async kernel client: a thin composition of the transport modules.
 
-A thin composition: :mod:`~kernelkeeper.channels` (one receive task per
-socket, bounded queues, the heartbeat), :mod:`~kernelkeeper.router`
-(replies and execution listeners by msg_id), :mod:`~kernelkeeper.execution`
-(run_cell, execute_interactive) and :mod:`~kernelkeeper.protocol` (the
-request methods). Each message is parsed once and routed by its parent's
-msg_id: to the future of an awaited reply, to the listener of an execution
-being collected, or else to the channel's queue, where jupyter_client-style
-code (nbclient, papermill) reads it with ``get_msg``.
+:mod:`~kernelkeeper.channels` (one receive task per socket, bounded queues,
+the heartbeat), :mod:`~kernelkeeper.router` (per-request subscriptions by
+msg_id), :mod:`~kernelkeeper.protocol` (the requests, each described once),
+:mod:`~kernelkeeper.execution` (run_cell, execute_interactive),
+:mod:`~kernelkeeper.readiness` (wait_for_ready),
+:mod:`~kernelkeeper.liveness` (death, by process or heartbeat) and
+:mod:`~kernelkeeper.endpoint` (connection info, jupyter_client's accessors).
+Each message is parsed once and routed by its parent's msg_id to the
+subscription of the request that caused it, or else to the channel's queue,
+where jupyter_client-style code (nbclient, papermill) reads it with
+``get_msg``.
 
 The client owns only sockets. Where it needs the process (to notice a kernel
 that died while we wait on it, or to interrupt by signal) it holds the
@@ -22,8 +25,6 @@ callbacks included (``status_hook``, output and stdin hooks, ``on_dead``).
 from __future__ import annotations
 
 import asyncio
-import builtins
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -32,20 +33,15 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from .channels import Channel, HBChannel, MsgId, _TaskOwner
+from .boundary import mapped
+from .channels import Channel, ChannelLink, HBChannel, MsgId
 from .connection import ConnectionInfo
-from .errors import KernelDiedError, KernelTimeoutError, NotRunningError
-from .execution import (
-    CellResult,
-    OutputCollector,
-    OutputHook,
-    StdinHook,
-    execute_and_wait,
-    output_from_msg,
-    print_output,
-)
+from .endpoint import KernelEndpoint, as_connection_info
+from .errors import NotRunningError
+from .execution import CellResult, ExecutionMethods, output_from_msg, print_output
+from .liveness import DeathWatch, Liveness
 from .managerabc import KernelManagerABC
-from .protocol import KernelRequests, execute_content
+from .protocol import KernelRequests
 from .readiness import wait_for_ready
 from .router import Router
 from .session import Message, Session
@@ -62,51 +58,19 @@ __all__ = [
 
 log = logging.getLogger("kernelkeeper.client")
 
-
-@dataclasses.dataclass
-class _Death:
-    """What the client knows of its kernel's death."""
-
-    message: str
-    exit_code: int | None
-    stderr_tail: str
-    #: The manager's process generation that died; None: judged by the heartbeat.
-    generation: int | None
-
-    def error(self) -> KernelDiedError:
-        return KernelDiedError(self.message, self.exit_code, self.stderr_tail)
+ConnectionSource = ConnectionInfo | Mapping[str, Any] | str | os.PathLike[str]
 
 
-class _DeathWatch(_TaskOwner):
-    """Follows the manager's process: a death fails the client's pending waits."""
-
-    def __init__(self, client: AsyncKernelClient) -> None:
-        self.client = client
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None and self.client.manager is not None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="kk-death")
-
-    async def _run(self) -> None:
-        kc = self.client
-        m = kc.manager
-        assert m is not None
-        while True:
-            generation = m.generation
-            if await m.wait():
-                continue  # still alive (a manager whose wait has a deadline)
-            kc._kernel_died(_Death("Kernel died", m.exit_code, m.stderr_tail(), generation))
-            # A restart brings the kernel back in a new process; watch that one.
-            await m.wait_restarted()
-
-
-class AsyncKernelClient(KernelRequests):
+class AsyncKernelClient(KernelRequests, ExecutionMethods, KernelEndpoint):
     """Talks to one kernel over its five channels, on the running asyncio loop.
 
     Request methods return the request's msg_id (the jupyter_client
     convention); with ``reply=True`` they wait for and return the reply.
+    A channel is started on first use if ``start_channels`` was not called.
 
+    :param connection_info: a :class:`ConnectionInfo`, a dict or a connection
+        file path; or give ``connection_file=`` and call
+        :meth:`load_connection_file` (jupyter_client's way).
     :param manager: the kernel's process manager, which tells the client when
         the kernel dies (clients made by ``AsyncKernelManager.client()`` get
         one that follows restarts).
@@ -117,43 +81,77 @@ class AsyncKernelClient(KernelRequests):
     """
 
     allow_stdin: bool = True
+    shell_channel_class: type[Channel] = Channel
+    iopub_channel_class: type[Channel] = Channel
+    stdin_channel_class: type[Channel] = Channel
+    control_channel_class: type[Channel] = Channel
+    hb_channel_class: type[HBChannel] = HBChannel
 
     def __init__(
         self,
-        connection_info: ConnectionInfo | Mapping[str, Any] | str | os.PathLike[str],
+        connection_info: ConnectionSource | None = None,
         *,
+        connection_file: str | os.PathLike[str] | None = None,
         manager: KernelManagerABC | None = None,
         interrupt_mode: str = "signal",
         session: Session | None = None,
         context: zmq.asyncio.Context | None = None,
         hb_max_misses: int | None = 5,
     ) -> None:
-        if isinstance(connection_info, (str, os.PathLike)):
-            connection_info = ConnectionInfo.from_file(connection_info)
-        elif not isinstance(connection_info, ConnectionInfo):
-            connection_info = ConnectionInfo.from_dict(connection_info)
-        self.connection_info = connection_info
-        self.session = session or Session(connection_info.key, connection_info.signature_scheme)
+        if connection_info is not None and isinstance(connection_info, (str, os.PathLike)):
+            connection_file = connection_file or connection_info
+        info = None if connection_info is None else as_connection_info(connection_info)
+        self.connection_info = info
+        self.connection_file = "" if connection_file is None else os.fspath(connection_file)
+        self._explicit_session = session is not None
+        self.session = session or Session(
+            info.key if info else b"", info.signature_scheme if info else "hmac-sha256"
+        )
         self.manager = manager
         self.interrupt_mode = interrupt_mode
-        self.hb_max_misses = hb_max_misses
-        self._context = context or zmq.asyncio.Context.instance()
         self.router = Router()
-        self._death: _Death | None = None
-        self._iopub_seen: asyncio.Event | None = None
+        self.liveness = Liveness(manager, self._fail_waits, hb_max_misses)
+        #: Set on every iopub message (the ready handshake clears and awaits it).
+        self.iopub_confirmed = asyncio.Event()
         self.kernel_info_reply: Message | None = None
         #: Called (on the loop) with every iopub status message; the manager tracks busy/idle.
         self.status_hook: Callable[[Message], None] | None = None
-        self.shell_channel = Channel(self, "shell")
-        self.iopub_channel = Channel(self, "iopub")
-        self.stdin_channel = Channel(self, "stdin")
-        self.control_channel = Channel(self, "control")
-        self.hb_channel = HBChannel(self)
-        self._death_watch = _DeathWatch(self)
+        self.context = context or zmq.asyncio.Context.instance()
+        self._death_watch = DeathWatch(self.liveness)
+        self._link = ChannelLink(
+            context=self.context,
+            session=self.session,
+            connection_info=info,
+            deliver=self._deliver,
+            check_alive=self.liveness.check,
+            on_start=self._death_watch.start,
+            on_beat=self.liveness.hb_beat,
+            on_missed=lambda n: self.liveness.hb_missed(n, self.hb_channel.time_to_dead),
+        )
+        self.shell_channel = self.shell_channel_class(self._link, "shell")
+        self.iopub_channel = self.iopub_channel_class(self._link, "iopub")
+        self.stdin_channel = self.stdin_channel_class(self._link, "stdin")
+        self.control_channel = self.control_channel_class(self._link, "control")
+        self.hb_channel = self.hb_channel_class(self._link)
 
     def __repr__(self) -> str:
         state = "running" if self.channels_running else "stopped"
-        return f"<{type(self).__name__} {self.connection_info.transport} {state}>"
+        return f"<{type(self).__name__} {self.transport} {state}>"
+
+    @property
+    def hb_max_misses(self) -> int | None:
+        """Heartbeats missed in a row that make a manager-less client's kernel dead."""
+        return self.liveness.hb_max_misses
+
+    @hb_max_misses.setter
+    def hb_max_misses(self, value: int | None) -> None:
+        self.liveness.hb_max_misses = value
+
+    def _connection_changed(self, info: ConnectionInfo) -> None:
+        if self.channels_running:
+            raise NotRunningError("Stop the channels before loading new connection info")
+        self._link.connection_info = info
+        self._link.session = self.session
 
     # -- channels -------------------------------------------------------------
 
@@ -174,8 +172,6 @@ class AsyncKernelClient(KernelRequests):
         control: bool = True,
     ) -> None:
         """Connect the channels (must be called with the event loop running)."""
-        if self._iopub_seen is None:
-            self._iopub_seen = asyncio.Event()
         for wanted, ch in (
             (iopub, self.iopub_channel),
             (shell, self.shell_channel),
@@ -213,9 +209,14 @@ class AsyncKernelClient(KernelRequests):
         def closed() -> NotRunningError:
             return NotRunningError("The client's channels were closed while a reply was pending")
 
-        self.router.fail_all(closed)
+        self._fail_waits(closed)
+
+    def _fail_waits(self, make_error: Callable[[], BaseException]) -> int:
+        # Replies, executions, and get_msg calls waiting on an empty queue.
+        n = self.router.fail_all(make_error)
         for ch in self._socket_channels():
-            ch.queue.fail_waiters(closed)
+            ch.queue.fail_waiters(make_error)
+        return n
 
     async def __aenter__(self) -> AsyncKernelClient:
         self.start_channels()
@@ -226,12 +227,12 @@ class AsyncKernelClient(KernelRequests):
 
     @property
     def channels_running(self) -> bool:
+        """Is any channel running?"""
         return any(ch.is_alive() for ch in self._socket_channels()) or self.hb_channel.is_alive()
 
-    def _dispatch(self, channel: Channel, msg: Message, nbytes: int = 0) -> None:
+    def _deliver(self, channel: Channel, msg: Message, nbytes: int = 0) -> None:
         if channel.name == "iopub":
-            if self._iopub_seen is not None:
-                self._iopub_seen.set()
+            self.iopub_confirmed.set()
             if msg["msg_type"] == "iopub_welcome":
                 return  # only proves the subscription; nothing for users
             if msg["msg_type"] == "status" and self.status_hook is not None:
@@ -239,55 +240,7 @@ class AsyncKernelClient(KernelRequests):
         if not self.router.route(channel.name, msg):
             channel.put(msg, nbytes)
 
-    # -- death ----------------------------------------------------------------
-
-    def _kernel_died(self, death: _Death) -> None:
-        """The one place a death is recorded and every pending wait failed:
-        replies, executions, and ``get_msg`` calls waiting on an empty queue."""
-        self._death = death
-        n = self.router.fail_all(death.error)
-        for ch in self._socket_channels():
-            ch.queue.fail_waiters(death.error)
-        if n:
-            log.info("Kernel died; failed %d pending request(s)", n)
-
-    def _current_death(self) -> _Death | None:
-        d = self._death
-        if d is not None and d.generation is not None and self.manager is not None:
-            if self.manager.generation != d.generation:
-                # Restarted since: the death belongs to a process that is gone.
-                self._death = d = None
-        return d
-
-    def _raise_if_dead(self) -> None:
-        d = self._current_death()
-        if d is not None:
-            raise d.error()
-
-    def _hb_missed(self, missed: int) -> None:
-        limit = self.hb_max_misses
-        if self.manager is not None or limit is None or missed < limit:
-            return  # with a manager, the process is the authority on death
-        if self._death is None:
-            ttd = self.hb_channel.time_to_dead
-            self._kernel_died(
-                _Death(
-                    f"Kernel stopped answering its heartbeat ({missed} beats of {ttd} s missed)",
-                    None,
-                    "",
-                    None,
-                )
-            )
-
-    def _hb_beat(self) -> None:
-        if self._death is not None and self._death.generation is None:
-            self._death = None  # it beats again: alive after all (or restarted)
-
-    def _died_error(self, when: str) -> KernelDiedError:
-        m = self.manager
-        code = m.exit_code if m is not None else None
-        tail = m.stderr_tail() if m is not None else ""
-        return KernelDiedError(f"Kernel died {when}", code, tail)
+    # -- liveness -------------------------------------------------------------
 
     async def is_alive(self) -> bool:
         """Is the kernel alive: its process if we know it, else its heartbeat."""
@@ -295,31 +248,21 @@ class AsyncKernelClient(KernelRequests):
             return await self.manager.is_alive()
         if self.hb_channel.is_alive():
             return self.hb_channel.is_beating()
-        return self._current_death() is None
+        return self.liveness.current() is None
 
-    # -- sending --------------------------------------------------------------
+    # -- requests -------------------------------------------------------------
 
-    def _send(
-        self,
-        channel: Channel,
-        msg_type: str,
-        content: Mapping[str, Any],
-        *,
-        expect_reply: bool = False,
-    ) -> tuple[str, asyncio.Future[Message] | None]:
-        msg = self.session.msg(msg_type, content)
-        msg_id = msg["msg_id"]
-        fut = self.router.expect_reply(msg_id) if expect_reply else None
-        try:
-            channel.send(msg)
-        except BaseException:
-            self.router.forget(msg_id)
-            raise
-        return msg_id, fut
+    def _channel(self, name: str) -> Channel:
+        return {
+            "shell": self.shell_channel,
+            "control": self.control_channel,
+            "stdin": self.stdin_channel,
+            "iopub": self.iopub_channel,
+        }[name]
 
     def _request(
         self,
-        channel: Channel,
+        channel: str,
         msg_type: str,
         content: Mapping[str, Any],
         reply: bool,
@@ -327,44 +270,25 @@ class AsyncKernelClient(KernelRequests):
     ) -> Any:
         # Sent now, as jupyter_client's async client does: the msg_id comes back
         # at once (awaitable too), the reply only if asked for (a coroutine).
-        self._raise_if_dead()
-        msg_id, fut = self._send(channel, msg_type, content, expect_reply=reply)
-        if fut is None:
-            return MsgId(msg_id)
-        return self._reply(msg_id, fut, timeout, swallow_status=msg_type != "execute_request")
-
-    async def _reply(
-        self,
-        msg_id: str,
-        fut: asyncio.Future[Message],
-        timeout: float | None,
-        swallow_status: bool,
-    ) -> Message:
-        if not swallow_status:
-            return await self._await_reply(msg_id, fut, timeout)
-        # The caller takes the reply directly; the busy/idle status this
-        # request causes on iopub would only pile up unread in the queue.
-        self.router.listeners[msg_id] = _ignore
+        # The iopub messages the request causes go to the queue as usual.
+        self.liveness.check()
+        ch = self._channel(channel)
+        msg = self.session.msg(msg_type, content)
+        if not reply:
+            ch.send(msg)
+            return MsgId(msg["msg_id"])
+        sub = self.router.subscribe(msg["msg_id"])
         try:
-            return await self._await_reply(msg_id, fut, timeout)
-        finally:
-            self._release_listener(msg_id)
+            ch.send(msg)
+        except BaseException:
+            sub.close()
+            raise
 
-    async def _await_reply(
-        self, msg_id: str, fut: asyncio.Future[Message], timeout: float | None
-    ) -> Message:
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            raise KernelTimeoutError(f"No reply to {msg_id} within {timeout} s") from None
-        finally:
-            self.router.replies.pop(msg_id, None)
+        async def wait() -> Message:
+            with mapped(), sub:
+                return await sub.wait_reply(timeout)
 
-    def _release_listener(self, msg_id: str) -> None:
-        # Status messages of a probe may still be in flight; swallow them a
-        # little longer rather than leak them into the iopub queue.
-        loop = asyncio.get_running_loop()
-        loop.call_later(1.0, self.router.listeners.pop, msg_id, None)
+        return wait()
 
     # -- readiness ------------------------------------------------------------
 
@@ -374,74 +298,5 @@ class AsyncKernelClient(KernelRequests):
         Raises :class:`KernelDiedError` at once if the kernel process exits
         meanwhile, :class:`KernelTimeoutError` after ``timeout`` seconds.
         """
-        return await wait_for_ready(self, timeout)
-
-    # -- executing ------------------------------------------------------------
-
-    async def execute_interactive(
-        self,
-        code: str,
-        silent: bool = False,
-        store_history: bool = True,
-        user_expressions: Mapping[str, str] | None = None,
-        allow_stdin: bool | None = None,
-        stop_on_error: bool = True,
-        timeout: float | None = None,
-        output_hook: OutputHook | None = None,
-        stdin_hook: StdinHook | None = None,
-    ) -> Message:
-        """Execute ``code`` and wait for its reply, passing iopub messages to ``output_hook``.
-
-        Without ``output_hook``, output is written to this process's stdout and
-        stderr as jupyter_client does. ``stdin_hook`` answers input_request
-        messages (default: ask on this terminal). Both hooks run on the
-        event loop, so they must be quick; raises :class:`KernelDiedError`
-        if the kernel dies first.
-        """
-        allow = self.allow_stdin if allow_stdin is None else allow_stdin
-        content = execute_content(
-            code, silent, store_history, user_expressions, allow, stop_on_error
-        )
-        return await execute_and_wait(
-            self, content, timeout, output_hook or print_output, stdin_hook
-        )
-
-    async def run_cell(
-        self,
-        code: str,
-        *,
-        timeout: float | None = None,
-        on_output: OutputHook | None = None,
-        stdin_hook: StdinHook | None = None,
-        silent: bool = False,
-        store_history: bool = True,
-        stop_on_error: bool = True,
-    ) -> CellResult:
-        """Execute ``code`` and collect its outputs (stream, display, result, error).
-
-        ``on_output`` sees every iopub message of the execution as it arrives
-        (on the event loop). Raises :class:`KernelDiedError` if the kernel
-        dies first.
-        """
-        content = execute_content(
-            code, silent, store_history, None, stdin_hook is not None, stop_on_error
-        )
-        collect = OutputCollector(on_output)
-        reply = await execute_and_wait(self, content, timeout, collect, stdin_hook)
-        return CellResult(reply, collect.outputs)
-
-    async def _default_stdin_hook(self, msg: Message) -> None:
-        prompt = msg["content"].get("prompt", "")
-        password = msg["content"].get("password", False)
-        loop = asyncio.get_running_loop()
-        if password:
-            import getpass
-
-            value = await loop.run_in_executor(None, getpass.getpass, prompt)
-        else:
-            value = await loop.run_in_executor(None, builtins.input, prompt)
-        self.input(value)
-
-
-def _ignore(msg: Message) -> None:
-    pass
+        with mapped():
+            return await wait_for_ready(self, timeout)

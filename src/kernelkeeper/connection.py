@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import glob
 import json
 import logging
 import os
@@ -23,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConnectionFileError, RuntimeDirError
+from .errors import ConnectionFileError, ConnectionFileNotFound, RuntimeDirError
 
 __all__ = [
     "CHANNELS",
     "ConnectionInfo",
     "allocate_ports",
+    "channel_listens",
+    "find_connection_file",
     "new_key",
     "runtime_dir",
     "write_connection_file",
@@ -456,6 +459,20 @@ def kernel_listens(path: str) -> bool:
     return False
 
 
+def channel_listens(info: ConnectionInfo, channel: str) -> bool:
+    """Does something accept connections on ``channel``'s address of ``info``?
+
+    A TCP connect (an ipc socket-file connect) that succeeds means yes; it
+    blocks for at most a second, so call it off the event loop.
+    """
+    port = info.ports[channel]
+    if not port:
+        return False
+    if info.transport == "tcp":
+        return _tcp_accepts(info.ip, port)
+    return _ipc_accepts(f"{info.ip}-{port}")
+
+
 def _tcp_accepts(ip: str, port: int) -> bool:
     # A kernel bound to every interface is reached through loopback.
     host = {"0.0.0.0": "127.0.0.1", "*": "127.0.0.1", "::": "::1"}.get(ip, ip)
@@ -489,3 +506,42 @@ def remove_files(paths: Iterable[str]) -> None:
 def connection_file_path(kernel_id: str) -> str:
     """Where the connection file of kernel ``kernel_id`` lives by default."""
     return str(Path(runtime_dir()) / f"kernel-{kernel_id}.json")
+
+
+def find_connection_file(
+    filename: str = "kernel-*.json",
+    path: str | os.PathLike[str] | Iterable[str | os.PathLike[str]] | None = None,
+) -> str:
+    """The absolute path of a connection file, found as jupyter_client finds it.
+
+    ``filename`` is a path (absolute, or relative to a directory of ``path``),
+    a glob, or any part of a file's name (``"1234"`` matches
+    ``kernel-1234.json``). ``path`` is a directory or a list of them
+    (default: the current directory, then Jupyter's runtime directory). Of
+    several matches, the one accessed last wins. Raises
+    :class:`ConnectionFileNotFound` (an ``OSError``, as jupyter_client's is).
+    """
+    if path is None:
+        dirs = [".", runtime_dir()]
+    elif isinstance(path, (str, os.PathLike)):
+        dirs = [os.fspath(path)]
+    else:
+        dirs = [os.fspath(p) for p in path]
+    filename = os.path.expanduser(filename)
+    # An explicit name first: absolute, or relative to one of the directories.
+    if os.path.isabs(filename):
+        if os.path.isfile(filename):
+            return filename
+    else:
+        for d in dirs:
+            candidate = os.path.join(os.path.expanduser(d), filename)
+            if os.path.isfile(candidate):
+                return os.path.abspath(candidate)
+    pattern = filename if glob.has_magic(filename) else f"*{glob.escape(filename)}*"
+    matches: list[str] = []
+    for d in dirs:
+        matches.extend(glob.glob(os.path.join(os.path.expanduser(d), pattern)))
+    found = sorted({os.path.abspath(m) for m in matches if os.path.isfile(m)})
+    if not found:
+        raise ConnectionFileNotFound(f"Could not find {filename!r} in {dirs!r}", filename)
+    return max(found, key=lambda f: os.stat(f).st_atime)

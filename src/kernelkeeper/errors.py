@@ -5,6 +5,39 @@ Where a caller would naturally catch a builtin (``LookupError`` for an unknown
 name, ``TimeoutError`` for a deadline, ``ValueError`` for bad input), the
 subclass derives from that builtin too, so ``except TimeoutError`` keeps
 working for code that knows nothing of kernelkeeper.
+
+Every builtin each class is also, and why (code written for jupyter_client
+catches what jupyter_client raises):
+
+=============================  ==============================================
+``KernelSpecError``            ``ValueError`` (a kernel.json that cannot be used)
+``KernelExecutableNotFound``   ``KernelSpecError``, ``KernelStartError`` and
+                               ``FileNotFoundError``: jupyter_client's launch
+                               raises FileNotFoundError for a missing argv[0]
+``NoSuchKernel``               ``LookupError`` (jupyter_client's is a
+                               KeyError, so ``except LookupError`` fits both)
+``KernelStartError``           ``RuntimeError``
+``KernelDiedError``            ``KernelStartError``, so ``RuntimeError``
+                               (jupyter_client: "Kernel died before replying")
+``KernelTimeoutError``         ``TimeoutError``
+``KernelNotReadyError``        ``KernelTimeoutError`` and ``RuntimeError``:
+                               jupyter_client's ``wait_for_ready`` raises
+                               RuntimeError on its timeout, and nbclient and
+                               papermill catch that
+``NotRunningError``            ``RuntimeError``
+``MessageError``               ``ValueError``
+``LifecycleError``             ``RuntimeError``
+``ConfigurationError``         ``ValueError``
+``ConnectionFileError``        ``ValueError``
+``ConnectionFileNotFound``     ``ConnectionFileError`` and ``FileNotFoundError``
+                               (jupyter_client's ``find_connection_file``
+                               raises OSError)
+``RuntimeDirError``            ``OSError``
+``NoSuchKernelId``             ``KeyError`` (jupyter_client's multi-kernel
+                               manager raises KeyError for an unknown id)
+``KernelLimitError``           ``RuntimeError``
+``DuplicateKernelError``       ``ValueError``
+=============================  ==============================================
 """
 
 from __future__ import annotations
@@ -15,11 +48,13 @@ import signal as _signal
 __all__ = [
     "ConfigurationError",
     "ConnectionFileError",
+    "ConnectionFileNotFound",
     "DuplicateKernelError",
     "KernelDiedError",
     "KernelError",
     "KernelExecutableNotFound",
     "KernelLimitError",
+    "KernelNotReadyError",
     "KernelSpecError",
     "KernelStartError",
     "KernelTimeoutError",
@@ -44,20 +79,6 @@ class KernelSpecError(KernelError, ValueError):
         self.path = path
 
 
-class KernelExecutableNotFound(KernelSpecError, FileNotFoundError):
-    """A kernel.json whose ``argv[0]`` does not exist (not on PATH, or no such file).
-
-    A :class:`KernelSpecError` (so a ``ValueError``) with the kernel.json's
-    ``path``, and a ``FileNotFoundError`` (``errno`` ENOENT), which is what
-    exec'ing it would raise; ``executable`` names the missing argv[0].
-    """
-
-    def __init__(self, message: str, path: str | None = None, executable: str = "") -> None:
-        super().__init__(message, path)
-        self.executable = executable
-        self.errno = _errno.ENOENT  # no strerror, so str() stays the message
-
-
 class NoSuchKernel(KernelError, LookupError):
     """No kernel type of that name is known; ``available`` lists the ones that are."""
 
@@ -73,6 +94,22 @@ class NoSuchKernel(KernelError, LookupError):
 
 class KernelStartError(KernelError, RuntimeError):
     """The kernel could not be started: missing executable, bad arguments, ..."""
+
+
+class KernelExecutableNotFound(KernelSpecError, KernelStartError, FileNotFoundError):
+    """A kernel.json whose ``argv[0]`` does not exist (not on PATH, or no such file).
+
+    A :class:`KernelSpecError` (so a ``ValueError``) with the kernel.json's
+    ``path`` (None for a spec given directly), a :class:`KernelStartError` (the
+    kernel could not be started) and a ``FileNotFoundError`` (``errno``
+    ENOENT), which is what exec'ing it raises and what jupyter_client
+    raises; ``executable`` names the missing argv[0].
+    """
+
+    def __init__(self, message: str, path: str | None = None, executable: str = "") -> None:
+        super().__init__(message, path)
+        self.executable = executable
+        self.errno = _errno.ENOENT  # no strerror, so str() stays the message
 
 
 class KernelDiedError(KernelStartError):
@@ -101,6 +138,14 @@ class KernelTimeoutError(KernelError, TimeoutError):
     """A deadline passed: no reply, not ready, did not exit."""
 
 
+class KernelNotReadyError(KernelTimeoutError, RuntimeError):
+    """``wait_for_ready`` gave up: the kernel did not answer in time.
+
+    Also a ``RuntimeError``, which is what jupyter_client raises there (and
+    what nbclient and papermill catch).
+    """
+
+
 class NotRunningError(KernelError, RuntimeError):
     """The operation needs a running kernel (or open channels) and there is none."""
 
@@ -125,6 +170,16 @@ class ConnectionFileError(KernelError, ValueError):
         super().__init__(f"{message}{where}")
         self.path = path
         self.field = field
+
+
+class ConnectionFileNotFound(ConnectionFileError, FileNotFoundError):
+    """No connection file matches (``find_connection_file``); ``path`` is the
+    name or pattern asked for. Also the ``OSError`` jupyter_client raises."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message, None, None)
+        self.path = path
+        self.errno = _errno.ENOENT
 
 
 class RuntimeDirError(KernelError, OSError):

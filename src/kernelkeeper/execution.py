@@ -11,13 +11,16 @@ thread). A kernel that dies meanwhile fails the wait with
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .channels import Channel
 from .errors import KernelTimeoutError, NotRunningError
+from .liveness import Liveness
+from .protocol import execute_content
 from .router import Router
 from .session import Message, Session
 
@@ -29,16 +32,22 @@ class ExecutionHost(Protocol):
     router: Router
     session: Session
     shell_channel: Channel
+    liveness: Liveness
 
     @property
     def channels_running(self) -> bool: ...
 
-    def _raise_if_dead(self) -> None: ...
-
-    async def _default_stdin_hook(self, msg: Message) -> None: ...
+    def input(self, string: str) -> None: ...
 
 
-__all__ = ["CellResult", "OutputHook", "StdinHook", "output_from_msg", "print_output"]
+__all__ = [
+    "CellResult",
+    "ExecutionMethods",
+    "OutputHook",
+    "StdinHook",
+    "output_from_msg",
+    "print_output",
+]
 
 OutputHook = Callable[[Message], Any]
 StdinHook = Callable[[Message], Any]
@@ -165,16 +174,15 @@ async def execute_and_wait(
     """Execute, wait for the reply *and* the idle status; return the reply.
 
     ``output_hook`` gets every iopub message of the execution but its final
-    idle status; ``stdin_hook`` (default: the client's terminal prompt)
+    idle status; ``stdin_hook`` (default: a prompt on this terminal)
     answers input_request messages. Both run on the loop.
     """
     if not kc.channels_running:
         raise NotRunningError("Channels are not running; call start_channels() first")
-    kc._raise_if_dead()
+    kc.liveness.check()
     loop = asyncio.get_running_loop()
     idle: asyncio.Future[None] = loop.create_future()
     msg = kc.session.msg("execute_request", dict(content))
-    msg_id = msg["msg_id"]
     stdin_tasks: set[asyncio.Task[Any]] = set()
 
     def on_iopub(m: Message) -> None:
@@ -185,7 +193,7 @@ async def execute_and_wait(
         output_hook(m)
 
     def on_stdin(m: Message) -> None:
-        hook = stdin_hook or kc._default_stdin_hook
+        hook = stdin_hook or (lambda m: terminal_stdin(kc, m))
         t = loop.create_task(maybe_await(hook(m)))
         stdin_tasks.add(t)
         t.add_done_callback(stdin_tasks.discard)
@@ -193,17 +201,92 @@ async def execute_and_wait(
     def listener(m: Message) -> None:
         (on_stdin if m["msg_type"] == "input_request" else on_iopub)(m)
 
-    router = kc.router
-    reply_fut = router.expect_reply(msg_id)
-    router.listen(msg_id, listener, end=idle)
+    sub = kc.router.subscribe(msg["msg_id"], listener=listener, end=idle)
     try:
         kc.shell_channel.send(msg)
+        assert sub.reply is not None
         try:
-            await asyncio.wait_for(asyncio.gather(asyncio.shield(reply_fut), idle), timeout)
+            await asyncio.wait_for(asyncio.gather(asyncio.shield(sub.reply), idle), timeout)
         except asyncio.TimeoutError:
             raise KernelTimeoutError(f"Execution did not finish within {timeout} s") from None
-        return reply_fut.result()
+        return sub.reply.result()
     finally:
-        router.forget(msg_id)
+        sub.close()
         for t in stdin_tasks:
             t.cancel()
+
+
+async def terminal_stdin(kc: ExecutionHost, msg: Message) -> None:
+    """Answer an input_request from this process's terminal (off the loop)."""
+    prompt = msg["content"].get("prompt", "")
+    password = msg["content"].get("password", False)
+    loop = asyncio.get_running_loop()
+    if password:
+        import getpass
+
+        value = await loop.run_in_executor(None, getpass.getpass, prompt)
+    else:
+        value = await loop.run_in_executor(None, builtins.input, prompt)
+    kc.input(value)
+
+
+class ExecutionMethods:
+    """The client's methods that run code and collect what it produced."""
+
+    allow_stdin: bool = True
+
+    def _host(self) -> ExecutionHost:
+        # The client this is mixed into is the host.
+        return cast("ExecutionHost", self)
+
+    async def execute_interactive(
+        self,
+        code: str,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: Mapping[str, str] | None = None,
+        allow_stdin: bool | None = None,
+        stop_on_error: bool = True,
+        timeout: float | None = None,
+        output_hook: OutputHook | None = None,
+        stdin_hook: StdinHook | None = None,
+    ) -> Message:
+        """Execute ``code`` and wait for its reply, passing iopub messages to ``output_hook``.
+
+        Without ``output_hook``, output is written to this process's stdout and
+        stderr as jupyter_client does. ``stdin_hook`` answers input_request
+        messages (default: ask on this terminal). Both hooks run on the
+        event loop, so they must be quick; raises :class:`KernelDiedError`
+        if the kernel dies first.
+        """
+        allow = self.allow_stdin if allow_stdin is None else allow_stdin
+        content = execute_content(
+            code, silent, store_history, user_expressions, allow, stop_on_error
+        )
+        return await execute_and_wait(
+            self._host(), content, timeout, output_hook or print_output, stdin_hook
+        )
+
+    async def run_cell(
+        self,
+        code: str,
+        *,
+        timeout: float | None = None,
+        on_output: OutputHook | None = None,
+        stdin_hook: StdinHook | None = None,
+        silent: bool = False,
+        store_history: bool = True,
+        stop_on_error: bool = True,
+    ) -> CellResult:
+        """Execute ``code`` and collect its outputs (stream, display, result, error).
+
+        ``on_output`` sees every iopub message of the execution as it arrives
+        (on the event loop). Raises :class:`KernelDiedError` if the kernel
+        dies first.
+        """
+        content = execute_content(
+            code, silent, store_history, None, stdin_hook is not None, stop_on_error
+        )
+        collect = OutputCollector(on_output)
+        reply = await execute_and_wait(self._host(), content, timeout, collect, stdin_hook)
+        return CellResult(reply, collect.outputs)

@@ -194,14 +194,15 @@ class KernelSpec:
         }
 
     def format_argv(self, connection_file: str, **extra: str) -> list[str]:
-        """The command line to run, with ``{connection_file}``, ``{resource_dir}`` and
+        """The command line to run, with ``{connection_file}``, ``{resource_dir}``,
+        ``{prefix}`` (:data:`sys.prefix`, as jupyter_client fills it) and
         ``{<key>}`` for each keyword in ``extra`` filled in.
 
         Unknown placeholders are left as they are. A leading ``python``, ``python3``
         or ``python3.<our minor>`` becomes :data:`sys.executable`, so a kernel
         installed in a virtual environment runs there even when it is not activated.
         """
-        values: dict[str, str] = {"resource_dir": self.resource_dir}
+        values: dict[str, str] = {"resource_dir": self.resource_dir, "prefix": sys.prefix}
         values.update(extra)
         values["connection_file"] = connection_file
 

@@ -21,6 +21,11 @@ An ipykernel behind a wrapper still runs through the launcher (its fast exit,
 its report where the environment survives). Orphan protection: see
 :mod:`kernelkeeper.guard`.
 
+With the fork server on (:mod:`kernelkeeper.forkserver`; ``fork_server=``
+here, else ``$KERNELKEEPER_FORKSERVER``), a handshake kernel is forked from
+a template of its interpreter that has already imported ipykernel, and
+falls back to a normal spawn wherever that cannot be done.
+
 On restart the connection info of the previous run is passed back in and
 reused unchanged: same ports, same key, same CurveZMQ keys, same file.
 """
@@ -39,7 +44,7 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 from . import connection as _conn
-from . import curve
+from . import curve, forkserver
 from .connection import ConnectionInfo
 from .errors import ConfigurationError, KernelDiedError, KernelStartError, KernelTimeoutError
 from .guard import guard_argv, pdeathsig_preexec, watch_fd, watch_id
@@ -47,7 +52,7 @@ from .kernelspec import KernelSpec
 from .registration import BindProbe, Registrar
 from .subproc import KernelManager
 
-__all__ = ["launch_kernel", "uses_handshake"]
+__all__ = ["launch_kernel", "prepare_fork_server", "uses_handshake"]
 
 log = logging.getLogger("kernelkeeper.launch")
 
@@ -213,6 +218,7 @@ async def launch_kernel(
     startup_timeout: float = 60.0,
     kernel_name: str = "",
     transport_encryption: str = "disabled",
+    fork_server: bool | None = None,
 ) -> tuple[ConnectionInfo, KernelManager]:
     """Start ``spec`` in a new process session; return its connection info and manager.
 
@@ -222,7 +228,9 @@ async def launch_kernel(
     lets the kernel outlive this process. ``transport_encryption`` is one of
     :data:`kernelkeeper.curve.POLICIES`: ``"auto"`` encrypts a tcp kernel whose
     spec declares CurveZMQ support, ``"required"`` raises
-    :class:`ConfigurationError` where that is not possible.
+    :class:`ConfigurationError` where that is not possible. ``fork_server``
+    forks the kernel from a template (True) or never (False); None follows
+    :func:`kernelkeeper.forkserver.enabled`.
 
     The call returns once the kernel has bound its sockets (on platforms
     without ``/proc``, a kernel on pre-assigned ports returns at once); a
@@ -246,6 +254,7 @@ async def launch_kernel(
         stderr=stderr,
         independent=independent,
         startup_timeout=startup_timeout,
+        fork_server=fork_server,
     )
     info = _first_info(
         spec,
@@ -295,6 +304,7 @@ class _Launch:
         stderr: int | IO[Any] | None,
         independent: bool,
         startup_timeout: float,
+        fork_server: bool | None = None,
     ) -> None:
         self.spec = spec
         self.kernel_id = kernel_id
@@ -309,6 +319,31 @@ class _Launch:
         self.independent = independent
         self.startup_timeout = startup_timeout
         self.name = spec.name or spec.display_name
+        # Only a kernel the interpreter runs directly can be forked from a template
+        # of it, and only one bound to this process (the template dies with it).
+        self.forkable = (
+            handshake
+            and not independent
+            and forkserver.enabled(fork_server)
+            and forkserver.supported()
+        )
+
+    async def _fork(
+        self, argv: list[str], kenv: dict[str, str], err: int | IO[Any] | None
+    ) -> forkserver.ForkedProcess | None:
+        """The kernel forked from its recipe's template, or None: spawn it."""
+        key, interpreter = _recipe(self.spec, argv, kenv)
+        i = len(interpreter)
+        return await forkserver.spawn(
+            key=key,
+            interpreter=interpreter,
+            args=argv[i + 1 :],
+            env=kenv,
+            template_env=_kernel_env(self.spec, None),
+            cwd=self.cwd,
+            stdout=self.stdout,
+            stderr=err,
+        )
 
     def _command(
         self, info: ConnectionInfo, token: str, url: str
@@ -362,9 +397,12 @@ class _Launch:
         reg_fut = registrar.expect(token, info.key) if registrar else None
         try:
             try:
+                forked = None
+                if self.forkable and _LAUNCHER in argv:
+                    forked = await self._fork(argv, kenv, err_w if capture else self.stderr)
                 # Popen, not asyncio's subprocess: fork+exec takes ~1 ms and we follow the
                 # exit through a pidfd, where asyncio (3.11) would add a waiter thread.
-                popen = subprocess.Popen(  # noqa: ASYNC220
+                popen = forked or subprocess.Popen(  # noqa: ASYNC220
                     argv,
                     cwd=os.fspath(self.cwd) if self.cwd is not None else None,
                     env=kenv,
@@ -416,6 +454,8 @@ class _Launch:
         finally:
             if registrar is not None:
                 await registrar.release(token)
+        if self.forkable and not isinstance(km.popen, forkserver.ForkedProcess):
+            forkserver.start_templates()  # after this start: it must not compete with it
         if report is not None:
             info = info.replace(
                 **{f"{ch}_port": int(report[f"{ch}_port"]) for ch in _conn.CHANNELS}
@@ -465,6 +505,27 @@ class _Launch:
         if _port_taken(km.stderr_tail(lines=200)):
             raise _PortTaken(died)
         raise died
+
+
+def _recipe(spec: KernelSpec, argv: Sequence[str], env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """The fork-server recipe of a launcher argv: its key, and the interpreter part."""
+    interpreter = list(argv[: list(argv).index(_LAUNCHER)])
+    return forkserver.recipe_key(interpreter, spec.argv, spec.env, env.get("PATH")), interpreter
+
+
+async def prepare_fork_server(spec: KernelSpec, fork_server: bool | None = None) -> bool:
+    """Start the fork-server template ``spec``'s kernels would be forked from, now,
+    and wait until it can fork (a pool or a server that knows kernels will come).
+
+    False where the kernels would not be forked (the switch is off, the kernel
+    is not an ipykernel run by its interpreter, the template failed).
+    """
+    argv = spec.format_argv("kernel.json")  # the file does not count in the recipe
+    if not (forkserver.enabled(fork_server) and _binds_port_zero(argv)):
+        return False
+    env = _kernel_env(spec, None)
+    key, interpreter = _recipe(spec, _launcher_argv(argv), env)
+    return await forkserver.prepare(key, interpreter, env)
 
 
 def _stderr_sink() -> IO[bytes] | None:

@@ -1,6 +1,9 @@
-"""The event-loop thread the blocking face runs the async core on.
+"""The event-loop thread (the portal) the blocking face runs the async core on.
 
-One loop thread per process, started on first use. After a fork the child
+By default one loop thread per process, started on first use; a test or an
+embedding application may pass its own :class:`LoopThread` to the blocking
+classes instead (``portal=``), also one wrapping a loop it already runs
+(:meth:`LoopThread.attach`). A portal knows the pid it was made in. After a fork the child
 gets a fresh one of its own on first use (threads do not survive a fork,
 and the parent's loop object must never be driven from the child); objects
 made before the fork belong to the parent's loop and refuse to work in the
@@ -17,7 +20,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from .errors import KernelError
+from .errors import KernelError, KernelTimeoutError, LifecycleError
 
 __all__ = ["LoopThread", "portal"]
 
@@ -30,15 +33,44 @@ class LoopThread:
     def __init__(self, name: str = "kernelkeeper-loop") -> None:
         self.pid = os.getpid()
         self.loop = asyncio.new_event_loop()
+        self._owned = True
         ready = threading.Event()
         self.thread = threading.Thread(target=self._main, args=(ready,), name=name, daemon=True)
         self.thread.start()
         ready.wait()
 
+    @classmethod
+    def attach(cls, loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> LoopThread:
+        """A portal onto ``loop``, which the caller runs forever on ``thread``
+        (and keeps running while blocking objects use it)."""
+        self = cls.__new__(cls)
+        self.pid = os.getpid()
+        self.loop = loop
+        self.thread = thread
+        self._owned = False
+        return self
+
+    def __repr__(self) -> str:
+        return f"<LoopThread {self.thread.name} pid={self.pid}>"
+
     def _main(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(ready.set)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+
+    def on_loop_thread(self) -> bool:
+        """Is the caller the loop's own thread?"""
+        return threading.current_thread() is self.thread
+
+    def close(self, timeout: float = 10) -> None:
+        """Stop the loop and join its thread (a portal this object started only)."""
+        if not self._owned or not self.thread.is_alive() or os.getpid() != self.pid:
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout)
 
     def _check_caller(self) -> None:
         if os.getpid() != self.pid:
@@ -48,10 +80,13 @@ class LoopThread:
                 "clients in the child (the kernel itself belongs to the parent)."
             )
         if threading.current_thread() is self.thread:
-            raise RuntimeError(
+            raise LifecycleError(
                 "A blocking kernelkeeper call was made from the library's own event-loop "
                 "thread (e.g. inside a callback); use the async API there"
             )
+        if not self.thread.is_alive() or self.loop.is_closed():
+            # Nothing would ever run the work: fail instead of waiting forever.
+            raise KernelError(f"The event-loop thread {self.thread.name!r} has stopped")
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on the loop; a future for its result."""
@@ -73,7 +108,7 @@ class LoopThread:
                 # concurrent.futures.TimeoutError is TimeoutError since 3.11).
                 return fut.result()
             fut.cancel()
-            raise TimeoutError(f"Operation did not finish within {timeout} s") from None
+            raise KernelTimeoutError(f"Operation did not finish within {timeout} s") from None
         except BaseException:
             # e.g. KeyboardInterrupt in the caller: do not leave the work running.
             fut.cancel()
@@ -81,7 +116,7 @@ class LoopThread:
 
     def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a plain function on the loop thread (for loop-bound objects)."""
-        if threading.current_thread() is self.thread:
+        if self.on_loop_thread():
             # Already on the loop (e.g. a stdin hook calling kc.input()): call it directly.
             return fn(*args, **kwargs)
 

@@ -9,36 +9,53 @@ library's event-loop thread.
 The class is built in layers, each a module of its own:
 :mod:`kernelkeeper.events` (state and listeners), :mod:`kernelkeeper.stopping`
 (loop ownership, shutdown, cleanup), :mod:`kernelkeeper.starting` (start,
-restart, the supervisor's hooks) and this module (description, clients,
-signals, readiness). :func:`~kernelkeeper.async_start_new_kernel` and
+restart, the supervisor's hooks), :mod:`kernelkeeper.manager_compat`
+(jupyter_client's other names, attaching to a running kernel) and this
+module (construction, description, clients, signals, readiness).
+:func:`~kernelkeeper.async_start_new_kernel` and
 :func:`~kernelkeeper.async_run_kernel` live in :mod:`kernelkeeper.starters`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
+import zmq.asyncio
+
+from .attach import ForeignProcess
 from .client import AsyncKernelClient
-from .connection import ConnectionInfo
+from .connection import ConnectionInfo, new_key
 from .curve import POLICIES
-from .errors import ConfigurationError, LifecycleError, NotRunningError, RuntimeDirError
+from .errors import (
+    ConfigurationError,
+    KernelNotReadyError,
+    KernelTimeoutError,
+    LifecycleError,
+    NotRunningError,
+    RuntimeDirError,
+)
 from .events import KernelEvent
 from .finder import KernelFinder
 from .finder import default_finder as default_finder
 from .kernelspec import KernelSpec
 from .launch import uses_handshake
+from .manager_compat import JupyterSurface
+from .manager_config import UNSET as _UNSET
+from .manager_config import manager_options
 from .policy import RestartPolicy
 from .procview import CurrentProcess
 from .session import Message
-from .starting import LAUNCH_KEYS, KernelStarting
+from .starting import LAUNCH_KEYS
 from .states import KernelState
 from .subproc import KernelManager as ProcessManager
 from .supervisor import KernelHooks, Supervisor
 
-__all__ = ["AsyncKernelManager", "KernelEvent", "KernelState"]
+__all__ = ["AsyncKernelManager", "KernelEvent", "KernelState", "attach_kernel"]
 
 # The blocking face imports it from here.
 _LAUNCH_KEYS = LAUNCH_KEYS
@@ -46,7 +63,15 @@ _LAUNCH_KEYS = LAUNCH_KEYS
 S = KernelState
 
 
-class AsyncKernelManager(KernelStarting):
+def _from_spec_manager(ksm: Any, name: str) -> KernelSpec:
+    """Our spec for ``name`` from a jupyter_client ``KernelSpecManager``-like object."""
+    found = ksm.get_kernel_spec(name)
+    data = found.to_dict() if hasattr(found, "to_dict") else dict(vars(found))
+    resource_dir = getattr(found, "resource_dir", "") or ""
+    return KernelSpec.from_dict(data, resource_dir=resource_dir, name=name)
+
+
+class AsyncKernelManager(JupyterSurface):
     """Manages a single kernel in a subprocess on this host (async API).
 
     :param kernel_name: a kernel type (``spec/python3``, ``pyimport/kernel``)
@@ -65,6 +90,19 @@ class AsyncKernelManager(KernelStarting):
         replaces ``autorestart``, ``restart_limit`` and ``restart_on_hang``.
     :param transport_encryption: CurveZMQ for tcp kernels: ``disabled``
         (default), ``auto`` or ``required`` (see :mod:`kernelkeeper.curve`).
+    :param stable_start_time: see :class:`~kernelkeeper.policy.RestartPolicy`.
+    :param owns_kernel: False: :meth:`shutdown_kernel` only lets go of the
+        kernel (it keeps running) and :meth:`restart_kernel` is refused.
+
+    jupyter_client's constructor keywords are taken too: ``config`` (a
+    traitlets ``Config`` or a dict; the keys it would set on a kernel manager
+    or its restarter are translated, see :mod:`kernelkeeper.manager_config`;
+    keywords given directly win), ``parent`` (its ``config`` is used when no
+    ``config`` is given), ``log`` (a logger for the manager's messages),
+    ``context`` (a zmq context for :attr:`context`; not ours to destroy),
+    ``kernel_spec_manager`` (specs are looked up there) and ``cache_ports``
+    (kept: ports survive restarts here anyway). Any other keyword is a
+    ``TypeError``.
 
     The manager belongs to the event loop that started its kernel; once that
     loop is closed (``asyncio.run()`` returned) another loop may take over.
@@ -74,38 +112,74 @@ class AsyncKernelManager(KernelStarting):
 
     def __init__(
         self,
-        kernel_name: str = "",
+        kernel_name: str = _UNSET,
         *,
         kernel_spec: KernelSpec | None = None,
         kernel_id: str | None = None,
         finder: KernelFinder | None = None,
-        transport: str = "tcp",
-        ip: str = "127.0.0.1",
-        connection_file: str | None = None,
-        shutdown_wait_time: float = 5.0,
-        autorestart: bool = False,
-        restart_limit: int = 5,
+        transport: str = _UNSET,
+        ip: str = _UNSET,
+        connection_file: str | None = _UNSET,
+        shutdown_wait_time: float = _UNSET,
+        autorestart: bool = _UNSET,
+        restart_limit: int = _UNSET,
         restart_on_hang: bool = False,
-        heartbeat_interval: float = 3.0,
+        heartbeat_interval: float = _UNSET,
         heartbeat_misses: int = 4,
         monitor_heartbeat: bool = False,
         restart_policy: RestartPolicy | None = None,
         transport_encryption: str = "disabled",
+        stable_start_time: float = _UNSET,
+        owns_kernel: bool = True,
+        cache_ports: bool = _UNSET,
+        config: Mapping[str, Any] | None = None,
+        parent: Any = None,
+        log: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        context: zmq.asyncio.Context | None = None,
+        kernel_spec_manager: Any = None,
     ) -> None:
         if transport_encryption not in POLICIES:
             raise ConfigurationError(
                 f"transport_encryption={transport_encryption!r}: expected one of {POLICIES}"
             )
+        opts = manager_options(
+            config if config is not None else getattr(parent, "config", None),
+            kernel_name=kernel_name,
+            transport=transport,
+            ip=ip,
+            connection_file=connection_file,
+            shutdown_wait_time=shutdown_wait_time,
+            autorestart=autorestart,
+            restart_limit=restart_limit,
+            heartbeat_interval=heartbeat_interval,
+            stable_start_time=stable_start_time,
+            cache_ports=cache_ports,
+        )
         super().__init__()
+        #: The logger of this manager's messages (``log=``, jupyter_client's name).
+        self.log = log if log is not None else logging.getLogger("kernelkeeper.manager")
         self.transport_encryption = transport_encryption
-        self.kernel_name = kernel_name
+        self.kernel_name = opts["kernel_name"] or ""
         self._spec = kernel_spec
+        # A spec given (or a jupyter_client spec manager's) is launched here, locally.
+        self._spec_given = kernel_spec is not None or kernel_spec_manager is not None
         self._finder = finder
+        self._spec_manager = kernel_spec_manager
         self.kernel_id = kernel_id or str(uuid.uuid4())
-        self.transport = transport
-        self.ip = ip
-        self._connection_file = connection_file
-        self.shutdown_wait_time = shutdown_wait_time
+        self.transport = opts["transport"]
+        self.ip = opts["ip"]
+        self._connection_file = opts["connection_file"]
+        self.shutdown_wait_time = float(opts["shutdown_wait_time"])
+        self.cache_ports = bool(opts["cache_ports"])
+        self._owns_kernel = owns_kernel
+        self._files_foreign = False
+        self._context, self._context_own = context, False
+        self._key = new_key()
+        self._ready = None
+        self._ready_override = None
+        self._jsession = None
+        self._session_override = None
+        self._paused_restarts = None
         self.connection_info: ConnectionInfo | None = None
         self._proc: ProcessManager | None = None
         self._launch_kw: dict[str, Any] = {}
@@ -116,10 +190,14 @@ class AsyncKernelManager(KernelStarting):
         self._launch_task: asyncio.Task[None] | None = None
         self._shutdowns_waiting = 0  # shutdown_kernel() calls not finished yet
         self._restarts_waiting = 0  # restart_kernel() calls not finished yet
+        stable: dict[str, Any] = {}
+        if opts["stable_start_time"] is not None:
+            stable["stable_start_time"] = float(opts["stable_start_time"])
         policy = restart_policy or RestartPolicy(
-            restart_on_death=autorestart,
+            restart_on_death=bool(opts["autorestart"]),
             restart_on_hang=restart_on_hang,
-            restart_limit=restart_limit,
+            restart_limit=int(opts["restart_limit"]),
+            **stable,
         )
         hooks = KernelHooks(
             kernel_id=lambda: self.kernel_id,
@@ -136,7 +214,7 @@ class AsyncKernelManager(KernelStarting):
         self.supervisor = Supervisor(
             hooks,
             policy,
-            heartbeat_interval=heartbeat_interval,
+            heartbeat_interval=float(opts["heartbeat_interval"]),
             heartbeat_misses=heartbeat_misses,
             monitor_heartbeat=monitor_heartbeat,
         )
@@ -149,6 +227,14 @@ class AsyncKernelManager(KernelStarting):
         return f"<{type(self).__name__} {name} {self.kernel_id[:8]} {self._state.value}>"
 
     # -- description ----------------------------------------------------------
+
+    @property
+    def kernel_spec(self) -> KernelSpec:
+        """The kernel's spec, looked up by ``kernel_name`` on first use (in the
+        ``kernel_spec_manager`` when one was given)."""
+        if self._spec is None and self._spec_manager is not None:
+            self._spec = _from_spec_manager(self._spec_manager, self.kernel_name or "python3")
+        return super().kernel_spec
 
     @property
     def ipykernel(self) -> bool:
@@ -164,14 +250,6 @@ class AsyncKernelManager(KernelStarting):
     def process(self) -> ProcessManager | None:
         """The process-level manager of the running kernel (first seed's API)."""
         return self._proc
-
-    def get_connection_info(self, session: bool = False) -> dict[str, Any]:
-        """The connection info as a dict (key as bytes, like jupyter_client)."""
-        if self.connection_info is None:
-            raise NotRunningError("The kernel has not been started")
-        d = self.connection_info.to_dict()
-        d["key"] = self.connection_info.key
-        return d
 
     def adopt_id(self, kernel_id: str, connection_file: str | None = None) -> None:
         """Take ``kernel_id`` as this kernel's id, and move its connection file to
@@ -227,6 +305,11 @@ class AsyncKernelManager(KernelStarting):
         kc.start_channels(stdin=False, hb=False)
         try:
             reply = await kc.wait_for_ready(timeout)
+        except KernelTimeoutError as e:
+            if isinstance(e, RuntimeError):
+                raise
+            # jupyter_client raises RuntimeError here; nbclient catches that.
+            raise KernelNotReadyError(str(e)) from e
         finally:
             await kc.aclose()
         if proc is not None and self._proc is proc:
@@ -246,10 +329,13 @@ class AsyncKernelManager(KernelStarting):
         """
         if self.connection_info is None:
             raise NotRunningError("Start the kernel before asking for a client")
+        # An attached kernel's spec may be unknown here: its manager's interrupt_kernel()
+        # chooses signal or message itself, so the client always asks it.
+        foreign = isinstance(self._proc, ForeignProcess)
         kc = AsyncKernelClient(
             self.connection_info,
             manager=self._current,
-            interrupt_mode=self.kernel_spec.interrupt_mode,
+            interrupt_mode="signal" if foreign else self.kernel_spec.interrupt_mode,
             **kwargs,
         )
         kc.status_hook = self._on_status
@@ -275,11 +361,16 @@ class AsyncKernelManager(KernelStarting):
         self._check_loop()
         if self._proc is None:
             raise NotRunningError("Cannot interrupt kernel: no kernel is running")
-        if self.kernel_spec.interrupt_mode == "message":
+        proc = self._proc
+        if isinstance(proc, ForeignProcess):
+            message = not proc.can_signal  # a kernel we attached to: signal it if we may
+        else:
+            message = self.kernel_spec.interrupt_mode == "message"
+        if message:
             kc = self._control_client()
             await kc.interrupt()
         else:
-            await self._proc.interrupt()
+            await proc.interrupt()
 
     # -- context management -----------------------------------------------------
 
@@ -288,3 +379,11 @@ class AsyncKernelManager(KernelStarting):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.shutdown_kernel(now=True)
+
+
+def attach_kernel(
+    connection_file: str | os.PathLike[str], pid: int | None = None, **kwargs: Any
+) -> AsyncKernelManager:
+    """An :class:`AsyncKernelManager` for the running kernel of ``connection_file``
+    (see :meth:`AsyncKernelManager.from_connection_file`)."""
+    return AsyncKernelManager.from_connection_file(connection_file, pid, **kwargs)

@@ -167,8 +167,13 @@ class AsyncMultiKernelManager(PassThroughMethods, KernelSources, ActivityMethods
         self._starting[kid] = entry  # counted in the limits from here on
         self._culled.pop(kid, None)
         t0 = time.monotonic()
+        # The default ids are uuid4s, as a pooled kernel's own: keeping that saves
+        # a rename. A subclass's new_kernel_id (its own id scheme) is honoured.
+        id_given = kernel_id is not None or (
+            type(self).new_kernel_id is not AsyncMultiKernelManager.new_kernel_id
+        )
         try:
-            km, pooled = await self._obtain(entry, kw)
+            km, pooled = await self._obtain(entry, kw, id_given)
         except BaseException as e:
             await self._discard(entry)
             resolve(entry.ready, e)
@@ -176,6 +181,7 @@ class AsyncMultiKernelManager(PassThroughMethods, KernelSources, ActivityMethods
                 return kid
             self.metrics.start_failures.inc(kernel_name=name)
             raise
+        kid = entry.kernel_id  # a pooled kernel's own id
         self._attach(entry, km)
         if not self.use_pending_kernels:
             await self._boot(entry, pooled, kw, t0)
@@ -208,7 +214,10 @@ class AsyncMultiKernelManager(PassThroughMethods, KernelSources, ActivityMethods
                 entry.publish()  # the session, now that the connection info exists
                 entry.activity.watch(km.connection_info)  # type: ignore[arg-type]
                 entry.activity.touch()
-                if self.wait_for_ready:
+                # A pooled kernel answered kernel_info when it joined the pool and
+                # its heartbeat was watched since: a new probe would only add a
+                # round trip (and a client's sockets) to the hit.
+                if self.wait_for_ready and not pooled:
                     await entry.ensure_ready(self.ready_timeout)
         except BaseException as e:
             if not (entry.ending and isinstance(e, Exception)):

@@ -98,7 +98,11 @@ class ActivityMethods(KernelTable):
     def client(self, kernel_id: str, **kwargs: Any) -> AsyncKernelClient:
         """A client of the kernel, counted in ``connections`` while its channels run."""
         entry = self._entry(kernel_id)
-        kc = self.get_kernel(kernel_id).client(**kwargs)
+        kc = entry.spare_client if not kwargs else None
+        if kc is not None:  # a pool hit's client, connected while the kernel was pooled
+            entry.spare_client = None
+        else:
+            kc = self.get_kernel(kernel_id).client(**kwargs)
         entry.clients.add(kc)
         return kc
 

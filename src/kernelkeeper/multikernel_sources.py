@@ -73,14 +73,38 @@ class KernelSources(KernelTable):
         return self._factory(name, **kw)
 
     async def _obtain(
-        self, entry: KernelRecord, kw: Mapping[str, Any]
+        self, entry: KernelRecord, kw: Mapping[str, Any], id_given: bool
     ) -> tuple[AsyncKernelManager, bool]:
+        """The kernel's manager, from a pool if one can honour ``kw``.
+
+        Unless the caller chose the id (``id_given``), a pooled kernel keeps its
+        own (a uuid4 too): renaming it costs a round trip to the kernel, to tell
+        it its new connection file. ``entry`` is re-keyed to it.
+        """
         pool = self._pools.get(entry.kernel_name)
         if pool is not None:
-            km = await pool.take(kernel_id=entry.kernel_id, cwd=kw.get("cwd"), env=kw.get("env"))
+            want = entry.kernel_id if id_given else None
+            take_kw = {"kernel_id": want, "cwd": kw.get("cwd"), "env": kw.get("env")}
+            kc = None
+            if hasattr(pool, "take_with_client"):
+                got = await pool.take_with_client(**take_kw)
+                km, kc = got if got is not None else (None, None)
+            else:  # any object with take()
+                km = await pool.take(**take_kw)
             if km is not None:
+                # The first client(id) without arguments gets the pooled kernel's
+                # connected client; it is the record's to close until then.
+                entry.spare_client = kc
                 if entry.ending:  # a shutdown came while we waited on the pool
+                    await entry.close_spare()
                     await km.shutdown_kernel(now=True)
                     raise LifecycleError(f"The start of kernel {entry.kernel_id} was abandoned")
+                if km.kernel_id != entry.kernel_id:
+                    if km.kernel_id in self._kernels or km.kernel_id in self._starting:
+                        km.adopt_id(entry.kernel_id)  # (a clash of uuid4s: never, really)
+                    elif self._starting.get(entry.kernel_id) is entry:
+                        del self._starting[entry.kernel_id]
+                        entry.kernel_id = km.kernel_id
+                        self._starting[entry.kernel_id] = entry
                 return km, True
         return self._new_manager(entry.kernel_name, entry.kernel_id), False

@@ -23,7 +23,18 @@ removed, and a replacement is started. A kernel older than ``ttl`` seconds
 (counted from its start) is retired and replaced; ``take`` never hands out
 one that has expired. While pooled, a kernel's ``autorestart`` is off (the
 pool replaces it instead); the factory's setting is restored on take.
-Hung-but-alive kernels are not detected while pooled (no heartbeat).
+While pooled, a kernel's heartbeat is pinged by its supervisor (every
+``heartbeat_interval`` of its manager, a few microseconds each): one that
+misses ``heartbeat_misses`` in a row (frozen, SIGSTOPped) is replaced too
+(counted in ``hung``), and the factory's ``monitor_heartbeat`` is restored
+on take.
+
+Each pooled kernel also keeps one connected client (every channel but the
+heartbeat's, subscription proven by ``wait_for_ready``).
+:meth:`KernelPool.take_with_client` hands it out with the kernel, its queues
+emptied, so the taker's ``wait_for_ready`` is one round trip on open
+sockets; :meth:`KernelPool.take` closes it. The multi-kernel manager gives
+it to the first ``client(kernel_id)`` call without arguments after a hit.
 
 What a take honours (the contract with the caller):
 
@@ -76,7 +87,7 @@ are not ipykernel the guard only knows the connection file's first name: a
 file renamed by a ``kernel_id`` take can survive a SIGKILL of this process.)
 
 Metrics: ``hits``, ``misses``, ``bypasses``, ``started``, ``failed_starts``,
-``died``, ``retired`` and ``take_times`` (seconds each recent successful
+``died``, ``hung``, ``retired`` and ``take_times`` (seconds each recent successful
 take took, newest last).
 """
 
@@ -91,6 +102,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .asyncsignal import Signal
+from .client import AsyncKernelClient
 from .errors import ConfigurationError, KernelError, KernelTimeoutError, LifecycleError
 from .manager import AsyncKernelManager
 from .pool_fill import PoolConfig, PoolFiller
@@ -155,6 +167,7 @@ class KernelPool(PoolFiller):
         self.started = 0
         self.failed_starts = 0
         self.died = 0
+        self.hung = 0
         self.retired = 0
         self.take_times: collections.deque[float] = collections.deque(maxlen=_TAKE_TIMES_KEPT)
 
@@ -258,6 +271,23 @@ class KernelPool(PoolFiller):
         See :mod:`kernelkeeper.pool` for how ``kernel_id``, ``cwd`` and ``env``
         are applied and when a request bypasses the pool.
         """
+        got = await self.take_with_client(kernel_id=kernel_id, cwd=cwd, env=env)
+        if got is None:
+            return None
+        km, kc = got
+        if kc is not None:
+            await kc.aclose()
+        return km
+
+    async def take_with_client(
+        self,
+        *,
+        kernel_id: str | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> tuple[AsyncKernelManager, AsyncKernelClient | None] | None:
+        """:meth:`take`, with the pooled kernel's connected client (channels
+        running but the heartbeat's, queues empty), now the caller's to close."""
         t0 = time.perf_counter()
         if self._closed:
             self.misses += 1
@@ -290,7 +320,7 @@ class KernelPool(PoolFiller):
             if kernel_id is not None and kernel_id != km.kernel_id:
                 km.adopt_id(kernel_id, new_cf)
             if cwd is not None or tell_kernel:
-                await hand_over(km, cwd, new_cf)
+                await hand_over(km, cwd, new_cf, entry.client)
             if cwd is not None:
                 # A restart relaunches with the start's arguments: after a take
                 # with cwd the kernel must restart there, as a fresh one would.
@@ -301,9 +331,14 @@ class KernelPool(PoolFiller):
             await self._shutdown(entry)
             return None
         km.autorestart = entry.autorestart
+        km.supervisor.monitor_heartbeat = entry.monitor_heartbeat
+        kc, entry.client = entry.client, None
+        if kc is not None:
+            for ch in (kc.shell_channel, kc.iopub_channel, kc.stdin_channel, kc.control_channel):
+                await ch.get_msgs()  # nothing from its time in the pool reaches the caller
         self.hits += 1
         self.take_times.append(time.perf_counter() - t0)
-        return km
+        return km, kc
 
     def _pick(self) -> Pooled | None:
         """The oldest ready kernel that is alive and not expired (others are retired)."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from .asyncsignal import Signal
 from .errors import ConfigurationError
+from .events import KernelEvent
 from .manager import AsyncKernelManager
 from .pool_handover import Pooled, pool_cwd, pool_env
 
@@ -80,6 +81,7 @@ class PoolFiller:
     started: int
     failed_starts: int
     died: int
+    hung: int
     retired: int
 
     @property
@@ -131,13 +133,24 @@ class PoolFiller:
         born = loop.time()
         autorestart = km.autorestart
         km.autorestart = False  # while pooled, a dead kernel is replaced, not restarted
+        monitored = km.supervisor.monitor_heartbeat
+        km.supervisor.monitor_heartbeat = True  # and a hung one too
         kw = self._start_kw
         env, cwd = pool_env(kw), pool_cwd(kw)
+        timeout = kw.get("startup_timeout", 60.0)
+        kc = None
         try:
             await km.start_kernel(**kw)
-            await km.wait_ready(timeout=kw.get("startup_timeout", 60.0))
+            await km.wait_ready(timeout=timeout)
+            # The taker's client, connected now: its sockets and iopub
+            # subscription are what a fresh client spends most of a hit on.
+            kc = km.client()
+            kc.start_channels(hb=False)
+            await kc.wait_for_ready(timeout=timeout)
         except BaseException as e:
             with contextlib.suppress(Exception):
+                if kc is not None:
+                    await kc.aclose()
                 await km.shutdown_kernel(now=True)
             self._start_done()
             if isinstance(e, asyncio.CancelledError):
@@ -146,7 +159,7 @@ class PoolFiller:
             return
         self.started += 1
         self._failures_in_a_row = 0
-        entry = Pooled(km, born, cwd, env, autorestart)
+        entry = Pooled(km, born, cwd, env, autorestart, monitored, client=kc)
         entry.watcher = loop.create_task(
             self._watch(entry), name=f"kk-pool-watch-{km.kernel_id[:8]}"
         )
@@ -170,12 +183,35 @@ class PoolFiller:
         self._notify()
 
     async def _watch(self, entry: Pooled) -> None:
-        proc = entry.km.process
+        """Until the pooled kernel dies or hangs (its supervisor pings its
+        heartbeat while pooled, see ``_start_one``): then replace it."""
+        km, loop = entry.km, asyncio.get_running_loop()
+        hung = asyncio.Event()
+
+        def on_event(event: KernelEvent) -> None:  # on a library thread
+            if event.kind == "hung" and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(hung.set)
+
+        km.add_event_listener(on_event)
+        waits: list[asyncio.Task[Any]] = [loop.create_task(hung.wait())]
+        proc = km.process
         if proc is not None:
-            await proc.wait()
-        # Still ours (a take or retirement cancels this first): it died in the pool.
-        log.info("Pool %s: pooled kernel %s died; replacing it", self, entry.km.kernel_id)
-        self.died += 1
+            waits.append(loop.create_task(proc.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            km.remove_event_listener(on_event)
+            for t in waits:
+                t.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        # Still ours (a take or retirement cancels this first): it died or hung.
+        if hung.is_set():
+            log.info("Pool %s: pooled kernel %s hung; replacing it", self, km.kernel_id)
+            self.hung += 1
+        else:
+            log.info("Pool %s: pooled kernel %s died; replacing it", self, km.kernel_id)
+            self.died += 1
         self._drop(entry)
         entry.watcher = None
         self._stop(entry)
@@ -207,7 +243,10 @@ class PoolFiller:
 
     async def _shutdown(self, entry: Pooled) -> None:
         self._unwatch(entry)
+        kc, entry.client = entry.client, None
         try:
+            if kc is not None:
+                await kc.aclose()
             await entry.km.shutdown_kernel(now=True)
         except Exception:
             log.exception("Pool %s: could not shut down kernel %s", self, entry.km.kernel_id)

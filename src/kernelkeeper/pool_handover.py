@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import connection as _conn
+from .client import AsyncKernelClient
 from .manager import AsyncKernelManager
 
 __all__ = ["Pooled", "hand_over", "plan_take", "pool_cwd", "pool_env"]
@@ -53,16 +54,28 @@ class Pooled:
     cwd: str  # resolved
     env: dict[str, str]
     autorestart: bool
+    monitor_heartbeat: bool  # the factory's setting, restored on take
     watcher: asyncio.Task[None] | None = None
+    #: A connected, ready client (no heartbeat channel), handed to the taker
+    #: with the kernel so a hit needs no new sockets and no subscription handshake.
+    client: AsyncKernelClient | None = None
 
 
-async def hand_over(km: AsyncKernelManager, cwd: str | None, new_cf: str | None) -> None:
-    """One silent execute in the kernel: chdir, and learn its new connection file."""
+async def hand_over(
+    km: AsyncKernelManager,
+    cwd: str | None,
+    new_cf: str | None,
+    warm: AsyncKernelClient | None = None,
+) -> None:
+    """One silent execute in the kernel: chdir, and learn its new connection file
+    (on the pooled kernel's ``warm`` client when it has one, else a client of its own)."""
     code = f"exec({_HANDOVER_BODY!r}, {{'_kk_cwd': {cwd!r}, '_kk_cf': {new_cf!r}}})"
     check = {"cwd": f"__import__('os').path.samefile('.', {cwd!r})"} if cwd else {}
-    kc = km.client()
+    kc = warm if warm is not None else km.client()
+    hook = kc.status_hook
     kc.status_hook = None  # our own busy/idle must not move the manager's state
-    kc.start_channels(iopub=False, stdin=False, hb=False, control=False)
+    if warm is None:
+        kc.start_channels(iopub=False, stdin=False, hb=False, control=False)
     try:
         reply = await kc.execute(
             code,
@@ -74,7 +87,10 @@ async def hand_over(km: AsyncKernelManager, cwd: str | None, new_cf: str | None)
             timeout=_HANDOVER_TIMEOUT,
         )
     finally:
-        await kc.aclose()
+        if warm is None:
+            await kc.aclose()
+        else:
+            kc.status_hook = hook
     content = reply["content"]
     if content.get("status") != "ok":
         raise OSError(

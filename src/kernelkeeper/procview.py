@@ -10,12 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from .managerabc import KernelManagerABC
 from .subproc import KernelManager as ProcessManager
 
 __all__ = ["CurrentProcess"]
+
+T = TypeVar("T")
+
+
+async def _on_loop_of(p: ProcessManager, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``call()`` on the loop that watches ``p``.
+
+    The view is handed out (jupyter_client's ``km.provisioner``) to code that
+    may run on another loop than the blocking face's library loop; the
+    process's futures belong to the loop that watches it.
+    """
+    owner = getattr(p, "_loop", None)
+    here = asyncio.get_running_loop()
+    if owner is None or owner is here or owner.is_closed() or not owner.is_running():
+        return await call()
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), owner))
 
 
 class CurrentProcess(KernelManagerABC):
@@ -79,7 +96,7 @@ class CurrentProcess(KernelManagerABC):
 
     async def is_alive(self) -> bool:
         p = self._get()
-        return p is not None and await p.is_alive()
+        return p is not None and await _on_loop_of(p, p.is_alive)
 
     async def wait(self) -> bool:
         p = self._get()
@@ -88,7 +105,7 @@ class CurrentProcess(KernelManagerABC):
     async def signal(self, signum: int) -> None:
         p = self._get()
         if p is not None:
-            await p.signal(signum)
+            await _on_loop_of(p, lambda: p.signal(signum))
 
     async def interrupt(self) -> None:
         await self._interrupt()
@@ -96,7 +113,7 @@ class CurrentProcess(KernelManagerABC):
     async def kill(self) -> None:
         p = self._get()
         if p is not None:
-            await p.kill()
+            await _on_loop_of(p, p.kill)
 
     def _last(self) -> ProcessManager | None:
         p = self._get()

@@ -1,4 +1,11 @@
-"""The request methods of the messaging protocol, as jupyter_client names them.
+"""The requests of the messaging protocol, each described once.
+
+A request is its name, its channel, its msg_type, a content builder and its
+reply handling. :func:`request` turns a content builder (a method whose
+signature is the request's, ending in the keyword-only ``reply`` and
+``timeout`` every request takes) into the method that sends it; the
+blocking face (:mod:`kernelkeeper.blocking`) is derived from the resulting
+async methods, so the two cannot drift apart. :data:`REQUESTS` lists them.
 
 Each sends at once and returns the request's msg_id (awaitable too); with
 ``reply=True`` it returns a coroutine for the reply instead. A request to a
@@ -9,16 +16,66 @@ at once. :class:`KernelRequests` is mixed into
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+import asyncio
+import dataclasses
+import functools
+import queue
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+from .errors import KernelTimeoutError
 from .session import Message, Session
 
 if TYPE_CHECKING:
     from .channels import Channel
     from .managerabc import KernelManagerABC
 
-__all__ = ["KernelRequests", "execute_content"]
+__all__ = ["REQUESTS", "KernelRequests", "Request", "execute_content", "request"]
+
+P = ParamSpec("P")
+S = TypeVar("S", bound="KernelRequests")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One request of the protocol."""
+
+    name: str
+    channel: str
+    msg_type: str
+    #: Builds the content from the method's arguments.
+    build: Callable[..., dict[str, Any]]
+
+
+#: Every request, by method name.
+REQUESTS: dict[str, Request] = {}
+
+
+def request(
+    channel: str, msg_type: str
+) -> Callable[[Callable[Concatenate[S, P], dict[str, Any]]], Callable[Concatenate[S, P], Any]]:
+    """Make a content builder the method that sends the request on ``channel``.
+
+    The method returns the msg_id at once, or with ``reply=True`` a coroutine
+    for the reply (``timeout`` seconds at most).
+    """
+
+    def decorate(
+        build: Callable[Concatenate[S, P], dict[str, Any]],
+    ) -> Callable[Concatenate[S, P], Any]:
+        REQUESTS[build.__name__] = Request(build.__name__, channel, msg_type, build)
+
+        @functools.wraps(build)
+        def send(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Any:
+            # reply and timeout are keyword-only in every builder.
+            reply = bool(kwargs.get("reply", False))
+            timeout: Any = kwargs.get("timeout")
+            content = build(self, *args, **kwargs)
+            return self._request(channel, msg_type, content, reply, timeout)
+
+        return send
+
+    return decorate
 
 
 def execute_content(
@@ -54,7 +111,7 @@ class KernelRequests:
 
     def _request(
         self,
-        channel: Channel,
+        channel: str,
         msg_type: str,
         content: Mapping[str, Any],
         reply: bool,
@@ -62,6 +119,7 @@ class KernelRequests:
     ) -> Any:
         raise NotImplementedError
 
+    @request("shell", "execute_request")
     def execute(
         self,
         code: str,
@@ -73,18 +131,17 @@ class KernelRequests:
         *,
         reply: bool = False,
         timeout: float | None = None,
-    ) -> Any:
+    ) -> dict[str, Any]:
         """Send an execute_request; the msg_id, or the reply with ``reply=True``."""
         allow = self.allow_stdin if allow_stdin is None else allow_stdin
-        content = execute_content(
-            code, silent, store_history, user_expressions, allow, stop_on_error
-        )
-        return self._request(self.shell_channel, "execute_request", content, reply, timeout)
+        return execute_content(code, silent, store_history, user_expressions, allow, stop_on_error)
 
-    def kernel_info(self, *, reply: bool = False, timeout: float | None = None) -> Any:
+    @request("shell", "kernel_info_request")
+    def kernel_info(self, *, reply: bool = False, timeout: float | None = None) -> dict[str, Any]:
         """Ask for the kernel's info."""
-        return self._request(self.shell_channel, "kernel_info_request", {}, reply, timeout)
+        return {}
 
+    @request("shell", "complete_request")
     def complete(
         self,
         code: str,
@@ -92,17 +149,11 @@ class KernelRequests:
         *,
         reply: bool = False,
         timeout: float | None = None,
-    ) -> Any:
+    ) -> dict[str, Any]:
         """Ask for completions at ``cursor_pos`` (default: end of code)."""
-        pos = len(code) if cursor_pos is None else cursor_pos
-        return self._request(
-            self.shell_channel,
-            "complete_request",
-            {"code": code, "cursor_pos": pos},
-            reply,
-            timeout,
-        )
+        return {"code": code, "cursor_pos": len(code) if cursor_pos is None else cursor_pos}
 
+    @request("shell", "inspect_request")
     def inspect(
         self,
         code: str,
@@ -111,14 +162,15 @@ class KernelRequests:
         *,
         reply: bool = False,
         timeout: float | None = None,
-    ) -> Any:
+    ) -> dict[str, Any]:
         """Ask for information about the object at ``cursor_pos``."""
         pos = len(code) if cursor_pos is None else cursor_pos
-        content = {"code": code, "cursor_pos": pos, "detail_level": detail_level}
-        return self._request(self.shell_channel, "inspect_request", content, reply, timeout)
+        return {"code": code, "cursor_pos": pos, "detail_level": detail_level}
 
+    @request("shell", "history_request")
     def history(
         self,
+        /,
         raw: bool = True,
         output: bool = False,
         hist_access_type: str = "range",
@@ -126,34 +178,33 @@ class KernelRequests:
         reply: bool = False,
         timeout: float | None = None,
         **kwargs: Any,
-    ) -> Any:
+    ) -> dict[str, Any]:
         """Ask for the kernel's input history."""
         if hist_access_type == "range":
             kwargs.setdefault("session", 0)
             kwargs.setdefault("start", 0)
-        content = {"raw": raw, "output": output, "hist_access_type": hist_access_type, **kwargs}
-        return self._request(self.shell_channel, "history_request", content, reply, timeout)
+        return {"raw": raw, "output": output, "hist_access_type": hist_access_type, **kwargs}
 
-    def is_complete(self, code: str, *, reply: bool = False, timeout: float | None = None) -> Any:
+    @request("shell", "is_complete_request")
+    def is_complete(
+        self, code: str, *, reply: bool = False, timeout: float | None = None
+    ) -> dict[str, Any]:
         """Ask whether ``code`` is a complete statement."""
-        return self._request(
-            self.shell_channel, "is_complete_request", {"code": code}, reply, timeout
-        )
+        return {"code": code}
 
+    @request("shell", "comm_info_request")
     def comm_info(
         self, target_name: str | None = None, *, reply: bool = False, timeout: float | None = None
-    ) -> Any:
+    ) -> dict[str, Any]:
         """Ask for the open comms (of ``target_name``)."""
-        content = {} if target_name is None else {"target_name": target_name}
-        return self._request(self.shell_channel, "comm_info_request", content, reply, timeout)
+        return {} if target_name is None else {"target_name": target_name}
 
+    @request("control", "shutdown_request")
     def shutdown(
         self, restart: bool = False, *, reply: bool = False, timeout: float | None = None
-    ) -> Any:
+    ) -> dict[str, Any]:
         """Ask the kernel to shut down, on the control channel."""
-        return self._request(
-            self.control_channel, "shutdown_request", {"restart": restart}, reply, timeout
-        )
+        return {"restart": restart}
 
     def input(self, string: str) -> None:
         """Answer the kernel's input_request."""
@@ -162,24 +213,40 @@ class KernelRequests:
     async def interrupt(self, *, reply: bool = False, timeout: float | None = None) -> Any:
         """Interrupt the kernel: by message or by signal, as its spec asks."""
         if self.interrupt_mode == "message" or self.manager is None:
-            return await self._request(
-                self.control_channel, "interrupt_request", {}, reply, timeout
-            )
+            return await self._request("control", "interrupt_request", {}, reply, timeout)
         await self.manager.interrupt()
         return None
 
-    async def get_shell_msg(self, timeout: float | None = None) -> Message:
+    async def _async_recv_reply(
+        self, msg_id: str, timeout: float | None = None, channel: str = "shell"
+    ) -> Message:
+        """Read the shell (or control) queue until the reply to ``msg_id``; other
+        replies are dropped. jupyter_client's private name, which its own test
+        suite and some plug-ins call; :class:`KernelTimeoutError` after ``timeout``."""
+        ch = self.control_channel if channel == "control" else self.shell_channel
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                reply = await ch.get_msg(left)
+            except queue.Empty:
+                raise KernelTimeoutError(f"No reply to {msg_id} within {timeout} s") from None
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply
+
+    async def get_shell_msg(self, timeout: float | None = None, *, block: bool = True) -> Message:
         """The next unclaimed shell message; :class:`queue.Empty` after ``timeout``."""
-        return await self.shell_channel.get_msg(timeout)
+        return await self.shell_channel.get_msg(timeout, block=block)
 
-    async def get_iopub_msg(self, timeout: float | None = None) -> Message:
+    async def get_iopub_msg(self, timeout: float | None = None, *, block: bool = True) -> Message:
         """The next unclaimed iopub message; :class:`queue.Empty` after ``timeout``."""
-        return await self.iopub_channel.get_msg(timeout)
+        return await self.iopub_channel.get_msg(timeout, block=block)
 
-    async def get_stdin_msg(self, timeout: float | None = None) -> Message:
+    async def get_stdin_msg(self, timeout: float | None = None, *, block: bool = True) -> Message:
         """The next unclaimed stdin message; :class:`queue.Empty` after ``timeout``."""
-        return await self.stdin_channel.get_msg(timeout)
+        return await self.stdin_channel.get_msg(timeout, block=block)
 
-    async def get_control_msg(self, timeout: float | None = None) -> Message:
+    async def get_control_msg(self, timeout: float | None = None, *, block: bool = True) -> Message:
         """The next unclaimed control message; :class:`queue.Empty` after ``timeout``."""
-        return await self.control_channel.get_msg(timeout)
+        return await self.control_channel.get_msg(timeout, block=block)

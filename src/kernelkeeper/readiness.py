@@ -8,14 +8,15 @@ messages of another probe show. Runs on the client's loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from .channels import Channel
-from .errors import KernelDiedError, KernelTimeoutError
+from .errors import KernelNotReadyError
+from .liveness import Liveness
 from .managerabc import KernelManagerABC
-from .router import Router
-from .session import Message
+from .router import Router, Subscription
+from .session import Message, Session
 
 
 class ReadinessHost(Protocol):
@@ -24,49 +25,35 @@ class ReadinessHost(Protocol):
 
     manager: KernelManagerABC | None
     router: Router
+    session: Session
     shell_channel: Channel
+    liveness: Liveness
     kernel_info_reply: Message | None
-    _iopub_seen: asyncio.Event | None
+    #: Set by the client on every iopub message: the subscription is in place.
+    iopub_confirmed: asyncio.Event
 
     @property
     def channels_running(self) -> bool: ...
 
     def start_channels(self) -> None: ...
 
-    def _died_error(self, when: str) -> KernelDiedError: ...
-
-    def _send(
-        self,
-        channel: Channel,
-        msg_type: str,
-        content: Mapping[str, Any],
-        *,
-        expect_reply: bool = False,
-    ) -> tuple[str, asyncio.Future[Message] | None]: ...
-
-    def _release_listener(self, msg_id: str) -> None: ...
-
 
 __all__ = ["wait_for_ready"]
-
-
-def _ignore(msg: Message) -> None:
-    pass
 
 
 async def wait_for_ready(kc: ReadinessHost, timeout: float | None = None) -> Message:
     """See :meth:`AsyncKernelClient.wait_for_ready`."""
     if not kc.channels_running:
         kc.start_channels()
-    assert kc._iopub_seen is not None
+    seen = kc.iopub_confirmed
     # Prove the subscription anew: after a restart the old proof is stale.
-    kc._iopub_seen.clear()
+    seen.clear()
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     died: asyncio.Future[Any] | None = None
     if kc.manager is not None:
         died = asyncio.ensure_future(kc.manager.wait())
-    sent: list[str] = []
+    probes: list[Subscription] = []
 
     def remaining() -> float | None:
         return None if deadline is None else max(0.0, deadline - loop.time())
@@ -79,7 +66,7 @@ async def wait_for_ready(kc: ReadinessHost, timeout: float | None = None) -> Mes
             # Decide before the finally cancels fut: cancelling a plain future
             # (the kernel_info reply) makes it done at once.
             if died is not None and died.done() and not fut.done():
-                raise kc._died_error("before it was ready")
+                raise kc.liveness.died_error("before it was ready")
             return fut.done() and not fut.cancelled()
         finally:
             if not fut.done():
@@ -88,32 +75,32 @@ async def wait_for_ready(kc: ReadinessHost, timeout: float | None = None) -> Mes
     def ask() -> asyncio.Future[Message]:
         # Not refused on a heartbeat death: waiting for a kernel to come
         # back is what this call is for. A process death is caught by `died`.
-        msg_id, fut = kc._send(kc.shell_channel, "kernel_info_request", {}, expect_reply=True)
-        sent.append(msg_id)
-        # The busy/idle status of our own probes is not user output.
-        kc.router.listeners[msg_id] = _ignore
-        assert fut is not None
-        return fut
+        msg = kc.session.msg("kernel_info_request", {})
+        # Muted: the busy/idle status of our own probes is not user output.
+        sub = kc.router.subscribe(msg["msg_id"], mute=True)
+        probes.append(sub)
+        kc.shell_channel.send(msg)
+        assert sub.reply is not None
+        return sub.reply
 
     try:
         reply_fut = ask()
         if not await race(reply_fut, remaining()):
-            raise KernelTimeoutError(f"Kernel did not reply to kernel_info within {timeout} s")
+            raise KernelNotReadyError(f"Kernel did not reply to kernel_info within {timeout} s")
         kc.kernel_info_reply = reply_fut.result()
         # A reply proves the shell; output needs the iopub subscription in
         # place too. Kernels announce it (iopub_welcome) or, failing that,
         # the status messages of another probe will show it.
-        while not kc._iopub_seen.is_set():
+        while not seen.is_set():
             left = remaining()
             if left is not None and left <= 0:
-                raise KernelTimeoutError("Kernel iopub did not connect in time")
-            if await race(kc._iopub_seen.wait(), 0.25 if left is None else min(left, 0.25)):
+                raise KernelNotReadyError("Kernel iopub did not connect in time")
+            if await race(seen.wait(), 0.25 if left is None else min(left, 0.25)):
                 break
             ask()
         return kc.kernel_info_reply
     finally:
         if died is not None:
             died.cancel()
-        for msg_id in sent:
-            kc.router.replies.pop(msg_id, None)
-            kc._release_listener(msg_id)
+        for sub in probes:
+            sub.close()

@@ -2,7 +2,9 @@
 
 * The launcher's **report**: ipykernels started through
   ``_ipykernel_launcher.py`` send their bound ports to a registration socket,
-  signed with the kernel's key (:class:`Registrar`).
+  signed with the kernel's key (:class:`Registrar`). Kernels on other
+  machines (``_remote_launcher.py``) report the same way, to a registrar
+  bound on an address their nodes can reach, adding the address they bound.
 * The kernel's **listening sockets**: for kernels on pre-assigned ports that
   cannot report (not ipykernel, or a wrapper cleared the environment),
   :class:`BindProbe` looks for listeners on the five ports held by the kernel's
@@ -33,35 +35,68 @@ log = logging.getLogger("kernelkeeper.launch")
 
 
 class Registrar:
-    """One PULL socket per event loop collecting kernels' port reports.
+    """One PULL socket per event loop and bind address collecting kernels' port reports.
 
     It exists only while some launch waits on it: the first waiter opens it,
     the last one to leave closes the socket and awaits its receive task.
+
+    Local kernels report to one on ``127.0.0.1``. Kernels on other machines
+    need one the nodes can reach: ``Registrar.get("0.0.0.0")`` (or a given
+    interface's address) binds there, and :meth:`url_for` names it as a node
+    should connect to it. Reports are only accepted signed with the kernel's
+    key, so a socket open to the network takes no forged ports; a registrar
+    that is not on loopback refuses to wait for an unsigned report at all.
     """
 
-    _by_loop: dict[asyncio.AbstractEventLoop, Registrar] = {}
+    _by_loop: dict[tuple[asyncio.AbstractEventLoop, str], Registrar] = {}
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, address: str = "127.0.0.1") -> None:
         self.loop = loop
+        self.address = address
         self.ctx = zmq.asyncio.Context.instance()
         self.sock = self.ctx.socket(zmq.PULL)
         self.sock.linger = 0
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.url = f"tcp://127.0.0.1:{port}"
+        # A report is a few hundred bytes; anyone who can reach a socket open to
+        # the network must not make us buffer more.
+        self.sock.maxmsgsize = 64 * 1024
+        if ":" in address:
+            self.sock.ipv6 = True
+        host = f"[{address}]" if ":" in address else address
+        #: The port the socket is bound to.
+        self.port: int = self.sock.bind_to_random_port(f"tcp://{host}")
+        self.url = f"tcp://{host}:{self.port}"
         self.waiters: dict[str, tuple[bytes, asyncio.Future[dict[str, Any]]]] = {}
         self.task = loop.create_task(self._receive())
 
     @classmethod
-    def get(cls) -> Registrar:
-        """The running loop's registrar (opened on first use)."""
+    def get(cls, address: str = "127.0.0.1") -> Registrar:
+        """The running loop's registrar bound on ``address`` (opened on first use)."""
         loop = asyncio.get_running_loop()
-        reg = cls._by_loop.get(loop)
+        reg = cls._by_loop.get((loop, address))
         if reg is None:
-            reg = cls._by_loop[loop] = cls(loop)
+            reg = cls._by_loop[(loop, address)] = cls(loop, address)
         return reg
+
+    @property
+    def loopback(self) -> bool:
+        """Is the socket reachable from this host only?"""
+        return self.address in ("127.0.0.1", "::1", "localhost")
+
+    def url_for(self, host: str | None = None) -> str:
+        """The URL a kernel connects to, on a host that reaches us as ``host``.
+
+        Without ``host``, the bound address (a wildcard bind needs a host).
+        """
+        if host is None:
+            if self.address in ("0.0.0.0", "::", "*"):
+                raise ValueError("a registrar bound on a wildcard address needs a host name")
+            return self.url
+        return f"tcp://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def expect(self, token: str, key: bytes) -> asyncio.Future[dict[str, Any]]:
         """A future for the report carrying ``token``, signed with ``key``."""
+        if not key and not self.loopback:
+            raise ValueError("a registrar open to the network takes signed reports only")
         fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.waiters[token] = (key, fut)
         return fut
@@ -69,9 +104,10 @@ class Registrar:
     async def release(self, token: str) -> None:
         """Stop waiting for ``token``; the last waiter closes the socket."""
         self.waiters.pop(token, None)
-        if self.waiters or self._by_loop.get(self.loop) is not self:
+        where = (self.loop, self.address)
+        if self.waiters or self._by_loop.get(where) is not self:
             return
-        del self._by_loop[self.loop]
+        del self._by_loop[where]
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task

@@ -1,10 +1,17 @@
 """Per-request subscriptions by msg_id, and the one place pending waits fail.
 
-A request that wants its reply registers a future under its msg_id; an
-execution being collected also registers a listener for its iopub and
-stdin messages and a future for its end (the idle status). When the kernel
-dies or the channels close, :meth:`Router.fail_all` fails every one of them
-at once, so no caller waits for a reply that cannot come.
+Whoever sends a request and wants something back subscribes to its msg_id:
+the shell/control reply (a future), the iopub and stdin messages it causes
+(a listener), the end of an execution (a future the listener resolves).
+Everything no subscription claims goes to the channel's queue, where
+jupyter_client-style code reads it with ``get_msg``.
+
+A *muted* subscription belongs to the library's own probes (the ready
+handshake's kernel_info): their busy/idle statuses are not user output, so
+they are swallowed, also after the subscription is closed, until the probe's
+idle status has gone by. When the kernel dies or the channels close,
+:meth:`Router.fail_all` fails every pending wait at once, so no caller waits
+for a reply that cannot come.
 
 Everything here runs on the client's event loop.
 """
@@ -12,75 +19,147 @@ Everything here runs on the client's event loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Callable
 from typing import Any
 
+from .errors import KernelTimeoutError
 from .session import Message
 
-__all__ = ["Listener", "Router"]
+__all__ = ["Listener", "Router", "Subscription"]
 
 Listener = Callable[[Message], None]
 
 
+def _is_idle(msg: Message) -> bool:
+    return bool(msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle")
+
+
+class Subscription:
+    """What one request waits for; close it (or use ``with``) when done."""
+
+    def __init__(
+        self,
+        router: Router,
+        msg_id: str,
+        *,
+        reply: bool,
+        listener: Listener | None,
+        end: asyncio.Future[Any] | None,
+        mute: bool,
+    ) -> None:
+        self.router = router
+        self.msg_id = msg_id
+        self.reply: asyncio.Future[Message] | None = (
+            asyncio.get_running_loop().create_future() if reply else None
+        )
+        self.listener = listener
+        self.end = end
+        self.mute = mute
+        #: A muted probe's idle status went by: nothing more of it will come.
+        self.idle_seen = False
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.msg_id}>"
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop routing to this subscription (a muted one keeps swallowing statuses)."""
+        self.router._close(self)
+
+    async def wait_reply(self, timeout: float | None) -> Message:
+        """The reply; :class:`KernelTimeoutError` after ``timeout`` seconds."""
+        assert self.reply is not None, "subscribed without reply=True"
+        try:
+            # shield: a timeout must not cancel the future the router resolves.
+            return await asyncio.wait_for(asyncio.shield(self.reply), timeout)
+        except asyncio.TimeoutError:
+            raise KernelTimeoutError(f"No reply to {self.msg_id} within {timeout} s") from None
+
+
 class Router:
-    """Routes messages to whoever waits on their parent's msg_id."""
+    """Routes messages to the subscription of their parent's msg_id."""
+
+    #: Most closed probes whose idle status is still swallowed (oldest forgotten first).
+    max_muted = 64
 
     def __init__(self) -> None:
-        self.replies: dict[str, asyncio.Future[Message]] = {}
-        self.listeners: dict[str, Listener] = {}
-        self._ends: dict[str, asyncio.Future[Any]] = {}
+        self._subs: dict[str, Subscription] = {}
+        self._muted: collections.OrderedDict[str, None] = collections.OrderedDict()
 
-    def expect_reply(self, msg_id: str) -> asyncio.Future[Message]:
-        """A future for the shell/control reply to ``msg_id``."""
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self.replies[msg_id] = fut
-        return fut
+    @property
+    def replies(self) -> dict[str, asyncio.Future[Message]]:
+        """The reply futures still pending, by msg_id (a snapshot)."""
+        return {
+            k: s.reply for k, s in self._subs.items() if s.reply is not None and not s.reply.done()
+        }
 
-    def listen(
-        self, msg_id: str, listener: Listener, end: asyncio.Future[Any] | None = None
-    ) -> None:
-        """Send iopub/stdin messages of ``msg_id`` to ``listener``.
+    def subscribe(
+        self,
+        msg_id: str,
+        *,
+        reply: bool = True,
+        listener: Listener | None = None,
+        end: asyncio.Future[Any] | None = None,
+        mute: bool = False,
+    ) -> Subscription:
+        """Subscribe to what ``msg_id`` causes (call before sending it).
 
         ``end`` (optional) is a future the listener resolves itself; it is
-        failed with the others by :meth:`fail_all`.
+        failed with the reply by :meth:`fail_all`.
         """
-        self.listeners[msg_id] = listener
-        if end is not None:
-            self._ends[msg_id] = end
+        sub = Subscription(self, msg_id, reply=reply, listener=listener, end=end, mute=mute)
+        self._subs[msg_id] = sub
+        return sub
 
-    def forget(self, msg_id: str) -> None:
-        """Drop everything registered for ``msg_id``."""
-        self.replies.pop(msg_id, None)
-        self.listeners.pop(msg_id, None)
-        self._ends.pop(msg_id, None)
+    def _close(self, sub: Subscription) -> None:
+        if self._subs.get(sub.msg_id) is sub:
+            del self._subs[sub.msg_id]
+        if sub.mute and not sub.idle_seen:
+            # Its statuses may still be in flight: keep them out of the queue.
+            self._muted[sub.msg_id] = None
+            while len(self._muted) > self.max_muted:
+                self._muted.popitem(last=False)
 
     def route(self, channel: str, msg: Message) -> bool:
-        """Hand ``msg`` to its waiter; False when nobody waits for it."""
+        """Hand ``msg`` to its subscriber; False when nobody claims it."""
         parent = msg["parent_header"].get("msg_id")
         if parent is None:
             return False
+        sub = self._subs.get(parent)
         if channel in ("shell", "control"):
-            fut = self.replies.pop(parent, None)
-            if fut is None:
+            if sub is None or sub.reply is None:
                 return False
-            if not fut.done():
-                fut.set_result(msg)
+            if not sub.reply.done():
+                sub.reply.set_result(msg)
             return True
-        listener = self.listeners.get(parent)
-        if listener is None:
+        if sub is not None:
+            if sub.listener is not None:
+                sub.listener(msg)
+                return True
+            if sub.mute:
+                sub.idle_seen = sub.idle_seen or _is_idle(msg)
+                return True
             return False
-        listener(msg)
-        return True
+        if parent in self._muted:
+            if _is_idle(msg):
+                del self._muted[parent]
+            return True
+        return False
 
     def fail_all(self, make_error: Callable[[], BaseException]) -> int:
-        """Fail every pending reply future and execution end with a fresh error.
+        """Fail every pending reply and execution end with a fresh error.
 
-        Returns how many waits were failed. Listeners stay until their owners
-        drop them (they run ``finally`` blocks as the errors reach them).
+        Returns how many waits were failed. Subscriptions stay until their
+        owners close them (they run ``finally`` blocks as the errors reach them).
         """
-        pending = [*self.replies.values(), *self._ends.values()]
-        self.replies.clear()
-        self._ends.clear()
+        self._muted.clear()  # a dead kernel or closed channels: no more statuses
+        pending = [f for s in self._subs.values() for f in (s.reply, s.end) if f is not None]
         failed = 0
         for fut in pending:
             if not fut.done():

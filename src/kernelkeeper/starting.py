@@ -14,10 +14,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .connection import ConnectionInfo
-from .errors import LifecycleError, NotRunningError
-from .finder import KernelFinder, default_finder
+from .errors import (
+    KernelExecutableNotFound,
+    KernelStartError,
+    LifecycleError,
+    NotRunningError,
+)
+from .finder import KernelFinder, KernelProvider, default_finder
 from .kernelspec import KernelSpec
 from .launch import launch_kernel
+from .manager_state import ShutdownStatus
 from .states import KernelState
 from .stopping import KernelStopping
 from .subproc import KernelManager as ProcessManager
@@ -26,7 +32,17 @@ __all__ = ["LAUNCH_KEYS", "KernelStarting"]
 
 #: The keyword arguments of ``start_kernel`` (and of ``restart_kernel``, ``set_launch_args``).
 LAUNCH_KEYS = frozenset(
-    {"cwd", "env", "extra_arguments", "stdout", "stderr", "independent", "startup_timeout"}
+    {
+        "cwd",
+        "env",
+        "extra_arguments",
+        "stdout",
+        "stderr",
+        "independent",
+        "startup_timeout",
+        "fork_server",  # None: KERNELKEEPER_FORKSERVER or the default (see forkserver)
+        "remote_options",  # Slurm and SSH kernel types only (see docs/remote.md)
+    }
 )
 
 S = KernelState
@@ -46,9 +62,11 @@ class KernelStarting(KernelStopping):
     ip: str
     transport_encryption: str
     _spec: KernelSpec | None
+    _spec_given: bool
     _finder: KernelFinder | None
     _launch_kw: dict[str, Any]
     _restarts_waiting: int
+    _key: bytes
 
     @property
     def kernel_spec(self) -> KernelSpec:
@@ -57,6 +75,17 @@ class KernelStarting(KernelStopping):
             finder = self._finder or default_finder()
             self._spec = finder.get_spec(self.kernel_name or None)
         return self._spec
+
+    def _launching_provider(self) -> tuple[KernelProvider, str] | None:
+        """The provider that launches this kernel type itself (Slurm, SSH), or None:
+        a local launch of :attr:`kernel_spec` (a spec given to the constructor, or a
+        provider that launches the usual way)."""
+        if self._spec_given:
+            return None
+        provider, name = (self._finder or default_finder()).resolve(self.kernel_name or None)
+        if type(provider).launch is KernelProvider.launch:
+            return None
+        return provider, name
 
     def format_kernel_cmd(self, extra_arguments: Sequence[str] | None = None) -> list[str]:
         """The kernel's argv with ``{connection_file}`` and the like filled in."""
@@ -86,7 +115,9 @@ class KernelStarting(KernelStopping):
         the kernel killed). After ``shutdown_kernel(restart=True)`` the new
         kernel reuses the connection file, key and ports.
         """
+        kernel_id = kw.pop("kernel_id", None)
         _check_launch_keys("start_kernel", kw)
+        ready = self._begin_ready()
         try:
             async with self._get_lock():
                 if self._proc is not None:
@@ -96,12 +127,22 @@ class KernelStarting(KernelStopping):
                             "shut it down or restart it instead"
                         )
                     await self._stop_process(now=True, restart=False)  # died, not cleaned up
+                if kernel_id is not None and kernel_id != self.kernel_id:
+                    # jupyter_client's MultiKernelManager passes the id it chose.
+                    self.kernel_id = kernel_id
                 self.kernel_spec  # noqa: B018 - a bad spec fails here, before any state change
                 reuse = self._state is S.RESTARTING and self.connection_info is not None
                 self._launch_kw = dict(kw)
                 self.supervisor.reset()
+                self.shutdown_status = ShutdownStatus.Unset
+                self._reopen_context()
                 self._set_state(S.STARTING, "start")
                 await self._run_launch(self.connection_info if reuse else None, "started")
+        except BaseException as e:
+            self._settle_ready(ready, e)
+            raise
+        else:
+            self._settle_ready(ready, None)
         finally:
             await self._delivered()
 
@@ -113,7 +154,12 @@ class KernelStarting(KernelStopping):
         asking it to shut down. Keyword arguments override those of the start.
         """
         _check_launch_keys("restart_kernel", kw)
+        if not self._owns_kernel:
+            raise LifecycleError(
+                f"Cannot restart kernel {self.kernel_id}: this manager does not own it"
+            )
         self._restarts_waiting += 1  # before the lock: an automatic restart gives way
+        ready = self._begin_ready()
         try:
             async with self._get_lock():
                 if self._proc is None:
@@ -129,6 +175,11 @@ class KernelStarting(KernelStopping):
                         shell_port=0, iopub_port=0, stdin_port=0, control_port=0, hb_port=0
                     )
                 await self._run_launch(info, "restarted")
+        except BaseException as e:
+            self._settle_ready(ready, e)
+            raise
+        else:
+            self._settle_ready(ready, None)
         finally:
             self._restarts_waiting -= 1
             await self._delivered()
@@ -168,22 +219,44 @@ class KernelStarting(KernelStopping):
         spec = self.kernel_spec
         self._stopping = False
         kw = dict(self._launch_kw, transport_encryption=self.transport_encryption)
+        if info is None:
+            # No ports yet, but the key announced by get_connection_info() (and kept
+            # across shutdown and start, as jupyter_client keeps its session's key).
+            info = ConnectionInfo(transport=self.transport, ip=self.ip, key=self._key)
+        params = dict(
+            kernel_id=self.kernel_id,
+            connection_file=self.connection_file,
+            connection_info=info,
+            transport=self.transport,
+            ip=self.ip,
+            kernel_name=self.kernel_name or spec.name,
+            **kw,
+        )
+        provider = self._launching_provider()
         try:
-            info, proc = await launch_kernel(
-                spec,
-                kernel_id=self.kernel_id,
-                connection_file=self.connection_file,
-                connection_info=info,
-                transport=self.transport,
-                ip=self.ip,
-                kernel_name=self.kernel_name or spec.name,
-                **kw,
-            )
-        except BaseException:
+            if provider is None:
+                params.pop("remote_options", None)  # meaningless for a local kernel
+                info, proc = await launch_kernel(spec, **params)
+            else:
+                params.pop("fork_server", None)
+                info, proc = await provider[0].launch(provider[1], **params)
+        except BaseException as e:
             if self._state in (S.STARTING, S.RESTARTING):  # not when a shutdown took over
                 self._set_state(S.DEAD, "launch_failed")
+            missing = e.__cause__
+            if (
+                isinstance(e, KernelStartError)
+                and not isinstance(e, KernelExecutableNotFound)
+                and isinstance(missing, FileNotFoundError)
+            ):
+                # Also a FileNotFoundError, as jupyter_client's launch raises.
+                raise KernelExecutableNotFound(
+                    str(e), spec.resource_dir or None, str(missing.filename or spec.argv[0])
+                ) from missing
             raise
         self.connection_info = info
+        self._key = info.key
+        self._files_foreign = False  # the process and its connection file are ours now
         self._proc = proc
         self._current.process_changed()
         self._set_state(S.STARTING, "launched")

@@ -15,10 +15,12 @@ import logging
 import signal
 
 from . import connection as _conn
+from .attach import ForeignProcess
 from .client import AsyncKernelClient
 from .connection import ConnectionInfo
 from .errors import LifecycleError
 from .events import KernelEvents
+from .manager_state import JupyterState, ShutdownStatus
 from .procview import CurrentProcess
 from .states import KernelState
 from .subproc import KernelManager as ProcessManager
@@ -31,7 +33,12 @@ log = logging.getLogger("kernelkeeper.manager")
 S = KernelState
 
 
-class KernelStopping(KernelEvents, RestartOptions):
+def _can_kill(proc: ProcessManager) -> bool:
+    # A kernel we attached to without its pid (or another user's) takes no signal.
+    return not isinstance(proc, ForeignProcess) or proc.can_signal
+
+
+class KernelStopping(KernelEvents, RestartOptions, JupyterState):
     """Loop ownership, the control client, shutdown and cleanup of one kernel."""
 
     kernel_id: str
@@ -46,6 +53,7 @@ class KernelStopping(KernelEvents, RestartOptions):
     _launch_task: asyncio.Task[None] | None
     _stopping: bool
     _shutdowns_waiting: int
+    _files_foreign: bool
 
     @property
     def connection_file(self) -> str:
@@ -129,6 +137,7 @@ class KernelStopping(KernelEvents, RestartOptions):
             return
         self._stopping = True
         self._enter_stop(restart)
+        self.shutdown_status = ShutdownStatus.ShutdownRequest
         await self._control_client().shutdown(restart=restart)
         await self._delivered()
 
@@ -137,24 +146,34 @@ class KernelStopping(KernelEvents, RestartOptions):
     ) -> None:
         """Wait for the kernel to exit after a shutdown request; escalate if it does not.
 
-        After ``waittime`` seconds (default ``shutdown_wait_time``) the group
-        gets SIGTERM, and after as long again SIGKILL. The process's exit is
-        awaited as an event; ``pollinterval`` is accepted for compatibility
-        and not used.
+        ``waittime`` (default ``shutdown_wait_time``) bounds the whole wait, as
+        in jupyter_client: after half of it the group gets SIGTERM, after the
+        other half SIGKILL. The process's exit is awaited as an event;
+        ``pollinterval`` is accepted for compatibility and not used. A kernel
+        we attached to and may not signal is only waited for.
         """
         self._check_loop()
         proc = self._proc
         if proc is None:
             return
         self._stopping = True
-        wait = self.shutdown_wait_time if waittime is None else waittime
-        if await proc.wait(timeout=wait):
+        half = max(self.shutdown_wait_time if waittime is None else waittime, 0.0) / 2
+        if await proc.wait(timeout=half):
+            if not _can_kill(proc):
+                log.warning(
+                    "Attached kernel %s did not exit after shutdown_request, and cannot be "
+                    "signalled (pid unknown or not ours)",
+                    self.kernel_id,
+                )
+                return
             log.info(
                 "Kernel %s did not exit after shutdown_request; sending SIGTERM", self.kernel_id
             )
+            self.shutdown_status = ShutdownStatus.SigtermRequest
             await proc.signal(signal.SIGTERM)
-            if await proc.wait(timeout=max(wait, 1.0)):
+            if await proc.wait(timeout=half):
                 log.warning("Kernel %s ignored SIGTERM; killing it", self.kernel_id)
+                self.shutdown_status = ShutdownStatus.SigkillRequest
                 await proc.kill()
 
     async def _stop_process(self, *, now: bool, restart: bool) -> None:
@@ -164,7 +183,7 @@ class KernelStopping(KernelEvents, RestartOptions):
         if proc is None:
             return
         if await proc.is_alive():
-            if now:
+            if now and _can_kill(proc):
                 await proc.kill()
             else:
                 try:
@@ -196,8 +215,14 @@ class KernelStopping(KernelEvents, RestartOptions):
         waiting for it raises :class:`LifecycleError`.
         """
         self._check_loop()
+        ready = self._begin_ready()
+        if not self._owns_kernel:
+            await self._let_go()
+            self._settle_ready(ready, None)
+            return
         # The intent counts before we queue for the lock: a start holding it gives way.
         self._shutdowns_waiting += 1
+        error: BaseException | None = None
         try:
             task = self._launch_task
             if task is not None and not task.done():
@@ -216,9 +241,31 @@ class KernelStopping(KernelEvents, RestartOptions):
                 elif not restart and self.connection_info is not None:
                     # Dead already (a restart that failed): its files are still ours.
                     await self._cleanup_files()
+                if not restart:
+                    self._close_context()
+        except BaseException as e:
+            error = e
+            raise
         finally:
             self._shutdowns_waiting -= 1
             await self._delivered()
+            # Last, with no await after it: jupyter_client's pending-kernel manager
+            # removes the kernel as soon as this call returns, and waiters on
+            # ``ready`` expect it gone.
+            self._settle_ready(ready, error)
+
+    async def _let_go(self) -> None:
+        """Stop managing a kernel we do not own: it keeps running, its files stay."""
+        async with self._get_lock():
+            await self.supervisor.aclose()
+            await self._close_control()
+            if self._proc is not None:
+                self._set_state(S.SHUTTING_DOWN, "shutdown")
+                self._proc = None
+                self._current.process_changed()
+                self._set_state(S.DEAD, "stopped")
+            self._close_context()
+        await self._delivered()
 
     async def kill_kernel(self) -> None:
         """Kill the kernel and its process group at once (no shutdown_request)."""
@@ -227,6 +274,8 @@ class KernelStopping(KernelEvents, RestartOptions):
     # -- cleanup --------------------------------------------------------------
 
     async def _cleanup_files(self) -> None:
+        if self._files_foreign:
+            return  # an attached kernel's files belong to whoever started it
         paths = [self.connection_file]
         if self.connection_info is not None:
             paths += self.connection_info.ipc_paths()
@@ -249,6 +298,8 @@ class KernelStopping(KernelEvents, RestartOptions):
                     if self._state is S.SHUTTING_DOWN:
                         self._set_state(S.DEAD, "stopped")
                         self._emit("shutdown", now=False)
+                if not restart:
+                    self._close_context()
         finally:
             await self._delivered()
 

@@ -14,6 +14,7 @@ reused by an unrelated process).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import atexit
 import collections
@@ -31,7 +32,7 @@ from typing import IO
 
 from .managerabc import KernelManagerABC
 
-__all__ = ["KernelManager"]
+__all__ = ["KernelManager", "ReportedProcess"]
 
 log = logging.getLogger("kernelkeeper.subproc")
 
@@ -70,11 +71,17 @@ class _StderrPump:
             self._cond.notify()
         return True
 
+    idle_exit = 5.0  # seconds without output after which the thread ends
+
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
-                    self._cond.wait()
+                    if not self._cond.wait(self.idle_exit) and not self._queue:
+                        # Quiet kernels: no thread held for them; put() starts one
+                        # again (it checks _thread under this same lock).
+                        self._thread = None
+                        return
                 if not self._queue:
                     return
                 fd, sink, data = self._queue.popleft()
@@ -138,11 +145,34 @@ def _fileno(stream: IO[bytes] | None) -> int | None:
         return None
 
 
+class ReportedProcess(abc.ABC):
+    """A kernel process that is not our child: another process (a fork-server
+    template) started it, reaps it and reports its exit status.
+
+    It comes with a pidfd opened by its parent before it could be reaped, so
+    it is followed exactly like a child of ours. The parent also kills the rest
+    of the kernel's process group before reaping it.
+    """
+
+    pid: int
+    returncode: int | None = None
+
+    @property
+    @abc.abstractmethod
+    def pidfd(self) -> int | None:
+        """A pidfd of the process (readable once it has exited), or None."""
+
+    @abc.abstractmethod
+    async def exit_status(self) -> tuple[int, bool]:
+        """Once the process has exited: its status, and whether its parent killed
+        the rest of its group (False: it is up to us)."""
+
+
 class KernelManager(KernelManagerABC):
     """Manages a single kernel in a subprocess on this host.
 
-    :param popen: the started kernel, a :class:`subprocess.Popen` or an
-        :class:`asyncio.subprocess.Process`.
+    :param popen: the started kernel, a :class:`subprocess.Popen`, an
+        :class:`asyncio.subprocess.Process` or a :class:`ReportedProcess`.
     :param files_to_cleanup: paths removed by :meth:`cleanup` (connection
         file, ipc sockets).
     :param win_interrupt_evt: on Windows, a handle used to interrupt the
@@ -161,7 +191,7 @@ class KernelManager(KernelManagerABC):
 
     def __init__(
         self,
-        popen: subprocess.Popen[bytes] | asyncio.subprocess.Process,
+        popen: subprocess.Popen[bytes] | asyncio.subprocess.Process | ReportedProcess,
         files_to_cleanup: Iterable[str] | None = None,
         win_interrupt_evt: object | None = None,
         *,
@@ -218,6 +248,13 @@ class KernelManager(KernelManagerABC):
         if isinstance(self.popen, asyncio.subprocess.Process):
             self._waiter = loop.create_task(self._wait_asyncio(self.popen))
             return
+        if isinstance(self.popen, ReportedProcess):
+            self._pidfd = self.popen.pidfd
+            if self._pidfd is not None:
+                loop.add_reader(self._pidfd, self._on_exit)
+            else:
+                self._waiter = loop.create_task(self._wait_reported(self.popen))
+            return
         if self.popen.returncode is not None:
             self._finish(self.popen.returncode)
             return
@@ -246,6 +283,9 @@ class KernelManager(KernelManagerABC):
             loop.add_reader(self._stderr_fd, self._read_stderr)
         if self._pidfd is not None:
             loop.add_reader(self._pidfd, self._on_exit)
+        elif isinstance(self.popen, ReportedProcess):
+            # The exit came, and its report was awaited on the closed loop.
+            self._waiter = loop.create_task(self._wait_reported(self.popen))
         elif isinstance(self.popen, asyncio.subprocess.Process):
             # Its transport belonged to the old loop; follow the pid with a pidfd.
             self._waiter = None
@@ -279,6 +319,12 @@ class KernelManager(KernelManagerABC):
         self._kill_rest_of_group()
         self._finish(code)
 
+    async def _wait_reported(self, proc: ReportedProcess) -> None:
+        code, group_killed = await proc.exit_status()
+        if not group_killed:
+            self._kill_rest_of_group()
+        self._finish(code)
+
     def _wait_thread(self) -> None:
         # Fallback without pidfd: wait without reaping, so the group can be
         # killed while the pid is still reserved.
@@ -296,8 +342,14 @@ class KernelManager(KernelManagerABC):
             return  # already handled (a second wake-up after a change of loop)
         if self._pidfd is not None and self._loop is not None:
             self._loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
+            if not isinstance(self.popen, ReportedProcess):  # that one owns its pidfd
+                os.close(self._pidfd)
             self._pidfd = None
+        if isinstance(self.popen, ReportedProcess):
+            # Its parent reaps it (and kills its group first); we learn the status from it.
+            assert self._loop is not None
+            self._waiter = self._loop.create_task(self._wait_reported(self.popen))
+            return
         self._kill_rest_of_group()
         if isinstance(self.popen, asyncio.subprocess.Process):
             self._finish(self._reap_foreign())

@@ -25,16 +25,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import zmq
-import zmq.asyncio
-
 from .connection import ConnectionInfo
-from .curve import configure_client
 from .errors import ConfigurationError, KernelStartError, KernelTimeoutError, LifecycleError
+from .heartbeat import HeartbeatMonitor
 from .policy import Action, Decision, Failure, RestartPolicy, RestartTracker
 from .subproc import KernelManager as ProcessManager
 
@@ -67,74 +63,6 @@ class KernelHooks:
     died: Callable[[Mapping[str, Any]], None]  # the process exited on its own
     restart: Callable[[ProcessManager | None, Mapping[str, Any]], Awaitable[None]]
     give_up: Callable[[ProcessManager | None, Mapping[str, Any]], Awaitable[bool]]
-
-
-class HeartbeatMonitor:
-    """Pings a kernel's heartbeat every ``interval`` seconds on its own REQ socket.
-
-    A ping not answered within ``interval`` is a missed beat; ``misses`` in a
-    row make a hang. The kernel's heartbeat is answered by a thread of its
-    own (zmq's device in ipykernel), so a kernel busy computing still answers.
-    """
-
-    def __init__(
-        self,
-        info: ConnectionInfo,
-        interval: float,
-        misses: int,
-        context: zmq.asyncio.Context | None = None,
-    ) -> None:
-        self.info = info
-        self.interval = interval
-        self.misses = misses
-        self._context = context or zmq.asyncio.Context.instance()
-        #: Pings unanswered in a row.
-        self.missed = 0
-        #: Monotonic time of the last answer (or of the start).
-        self.last_beat = time.monotonic()
-        self._reported = False
-
-    def _socket(self) -> zmq.asyncio.Socket:
-        sock = self._context.socket(zmq.REQ)
-        sock.linger = 0
-        configure_client(sock, self.info)
-        sock.connect(self.info.url("hb"))
-        return sock
-
-    @staticmethod
-    async def _ping(sock: zmq.asyncio.Socket) -> None:
-        await sock.send(b"ping")
-        await sock.recv()
-
-    async def next_hang(self, active: Callable[[], bool]) -> tuple[int, float] | None:
-        """Ping until the kernel hangs: ``(missed beats, seconds since the last beat)``.
-
-        A hang is reported once; the next one only after the kernel answered
-        again. Returns None as soon as ``active()`` is false.
-        """
-        sock = self._socket()
-        try:
-            while active():
-                sent = time.monotonic()
-                try:
-                    # The send too: with no peer (nothing bound) a REQ send waits.
-                    await asyncio.wait_for(self._ping(sock), self.interval)
-                except asyncio.TimeoutError:
-                    # A REQ socket that lost its reply is stuck: start over.
-                    sock.close()
-                    sock = self._socket()
-                    self.missed += 1
-                    if self.missed >= self.misses and not self._reported:
-                        self._reported = True
-                        return self.missed, time.monotonic() - self.last_beat
-                    continue
-                self.missed = 0
-                self._reported = False
-                self.last_beat = time.monotonic()
-                await asyncio.sleep(max(0.0, self.interval - (self.last_beat - sent)))
-            return None
-        finally:
-            sock.close()
 
 
 class Supervisor:

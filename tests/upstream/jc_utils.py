@@ -37,4 +37,8 @@ class _Unsupported:
         raise NotImplementedError("traitlets subclass machinery is not part of kernelkeeper")
 
 
-AsyncKMSubclass = SyncKMSubclass = AsyncMKMSubclass = SyncMKMSubclass = _Unsupported
+# One class per name, so that a test parametrized by them shows the name in its id.
+AsyncKMSubclass = type("AsyncKMSubclass", (_Unsupported,), {})
+SyncKMSubclass = type("SyncKMSubclass", (_Unsupported,), {})
+AsyncMKMSubclass = type("AsyncMKMSubclass", (_Unsupported,), {})
+SyncMKMSubclass = type("SyncMKMSubclass", (_Unsupported,), {})

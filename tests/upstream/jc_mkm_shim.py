@@ -1,0 +1,22 @@
+"""jupyter_client's own multi-kernel managers, with kernelkeeper's managers as their
+``kernel_manager_class`` (the seam jupyter_server's MappingKernelManager uses).
+
+Copied next to the extracted upstream test file as ``jc_mkm_shim.py`` when
+``tests/test_upstream_mkm.py`` runs in its ``jupyter_client-mkm`` mode; the
+test file's imports of the multi-kernel managers are rewritten to these.
+Only the default of ``kernel_manager_class`` differs from upstream's classes.
+"""
+
+from jupyter_client.multikernelmanager import AsyncMultiKernelManager as _AsyncMKM
+from jupyter_client.multikernelmanager import MultiKernelManager as _MKM
+from traitlets import DottedObjectName
+
+__all__ = ["AsyncMultiKernelManager", "MultiKernelManager"]
+
+
+class MultiKernelManager(_MKM):
+    kernel_manager_class = DottedObjectName("kernelkeeper.KernelManager", config=True)
+
+
+class AsyncMultiKernelManager(_AsyncMKM):
+    kernel_manager_class = DottedObjectName("kernelkeeper.AsyncKernelManager", config=True)
