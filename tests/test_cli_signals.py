@@ -13,10 +13,12 @@ import psutil
 from cli_helpers import cli, cli_popen
 from helpers import wait_for, wait_gone
 
+# The pid is printed inside the try: an interrupt that comes right after it is
+# read must land in the try, whatever line the kernel is on.
 CODE = """\
 import os, time
-print(os.getpid(), flush=True)
 try:
+    print(os.getpid(), flush=True)
     time.sleep(600)
 except KeyboardInterrupt:
     print('interrupted', flush=True)

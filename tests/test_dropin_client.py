@@ -166,10 +166,19 @@ def test_get_msg_takes_timeout_first_and_returns_what_is_queued(
     kc.start_channels()
     try:
         kc.wait_for_ready(READY)
-        t0 = time.monotonic()
-        with pytest.raises(queue.Empty):
-            kc.get_iopub_msg(0.5)  # positional timeout: must not block forever
-        assert time.monotonic() - t0 < REPLY
+        # Positional timeout: each call returns within it, with a message or with
+        # queue.Empty. (Statuses of other clients' requests to this shared kernel
+        # may still be broadcast for a moment: the queue goes empty after those.)
+        for _ in range(50):
+            t0 = time.monotonic()
+            try:
+                kc.get_iopub_msg(0.5)
+            except queue.Empty:
+                break
+            finally:
+                assert time.monotonic() - t0 < REPLY
+        else:
+            raise AssertionError("iopub never went quiet")
         msg_id = kc.kernel_info()
         wait_for(kc.shell_channel.msg_ready, REPLY)
         reply = kc.get_shell_msg(timeout=0)  # queued: returned, not queue.Empty
