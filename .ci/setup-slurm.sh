@@ -71,6 +71,12 @@ if [ "${KK_SLURM_NETNS:-1}" = 1 ] && command -v ip >/dev/null && command -v nsen
   if ! ip netns pids "$NS" >/dev/null 2>&1; then
     ip netns add "$NS"
   fi
+  if ip link show kk-veth0 >/dev/null 2>&1 \
+    && ! ip netns exec "$NS" ip link show kk-veth1 >/dev/null 2>&1; then
+    # Its peer is in a namespace an earlier stop removed the name of (a process
+    # left in it keeps it alive): start the pair over.
+    ip link del kk-veth0
+  fi
   if ! ip link show kk-veth0 >/dev/null 2>&1; then
     ip link add kk-veth0 type veth peer name kk-veth1
     ip link set kk-veth1 netns "$NS"
