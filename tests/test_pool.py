@@ -26,7 +26,7 @@ import psutil
 import pytest
 
 from helpers import assert_gone, is_dead, wait_gone
-from kernelkeeper import AsyncKernelManager, ConfigurationError, KernelState
+from kernelkeeper import AsyncKernelManager, ConfigurationError, KernelDiedError, KernelState
 from kernelkeeper.pool import KernelPool, PoolConfig
 
 START = 90.0  # generous: kernels start 3x slower when the machine is busy
@@ -359,6 +359,67 @@ async def test_a_pooled_kernel_that_hangs_is_replaced_and_take_restores_settings
     finally:
         await pool.aclose()
     wait_gone(stopped)  # the hung one was killed when it was replaced
+
+
+async def test_a_hits_client_is_proven_ready_once_and_never_after_a_death() -> None:
+    """The pool proved its kernels ready: the taker's first wait_for_ready uses
+    that proof (no kernel_info request), the next one probes; a kernel that died
+    after the take is reported dead, not ready."""
+
+    def factory() -> AsyncKernelManager:
+        return AsyncKernelManager("python3", autorestart=False)
+
+    pool = KernelPool("python3", min_size=2, factory=factory)
+    await pool.start()
+    try:
+        await pool.wait_filled(timeout=START)
+        got = await pool.take_with_client()
+        assert got is not None and got[1] is not None
+        km, kc = got
+        sent: list[str] = []
+        send = kc.shell_channel.send
+
+        def spy(msg: Any) -> Any:
+            sent.append(msg["header"]["msg_type"])
+            return send(msg)
+
+        kc.shell_channel.send = spy  # type: ignore[method-assign]
+        reply = await kc.wait_for_ready(timeout=START)
+        assert reply["msg_type"] == "kernel_info_reply" and sent == []
+        await kc.wait_for_ready(timeout=START)  # the proof is used up: this one asks
+        assert sent == ["kernel_info_request"]
+        assert (await kc.execute("6 * 7", reply=True, timeout=30))["content"]["status"] == "ok"
+        await kc.aclose()
+        await km.shutdown_kernel(now=True)
+
+        await pool.wait_filled(timeout=START)
+        got = await pool.take_with_client()
+        assert got is not None and got[1] is not None
+        km, kc = got
+        assert km.process is not None
+        pidfd = os.pidfd_open(km.process.pid)
+        try:
+            loop = asyncio.get_running_loop()
+            exited = loop.create_future()
+
+            def readable() -> None:
+                if not exited.done():
+                    exited.set_result(None)
+
+            loop.add_reader(pidfd, readable)
+            os.killpg(km.process.pid, signal.SIGKILL)
+            # Readable once the whole process has exited. The manager may not have
+            # dispatched that yet when wait_for_ready runs: it must still see it.
+            await asyncio.wait_for(exited, START)
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        with pytest.raises(KernelDiedError):
+            await kc.wait_for_ready(timeout=START)
+        await kc.aclose()
+        await km.shutdown_kernel(now=True)
+    finally:
+        await pool.aclose()
 
 
 async def test_ttl_retires_and_replaces_kernels() -> None:

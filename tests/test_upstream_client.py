@@ -63,16 +63,6 @@ SKIPS: dict[str, dict[str, str]] = {
             "first is never answered by ipykernel 7.4 (jupyter_client 8.10 itself times out "
             "here too)"
         ),
-        "TestKernelManager::test_signal_kernel_subprocesses": (
-            "pending (kernelkeeper bug): children the kernel spawns from one of its threads "
-            "inherit the SIGINT the launcher blocks in every thread but the main one, so the "
-            "group's SIGINT misses them"
-        ),
-        "test_start_parallel_process_kernels[ipc]": (
-            "pending (kernelkeeper bug, shared with jupyter_client, whose 8.10 test skips "
-            "ipc here): two processes choosing ipc 'ports' for the same ip prefix at once "
-            "pick the same socket files"
-        ),
     },
 }
 

@@ -87,7 +87,6 @@ class ForeignProcess(ProcessManager):
         self.pid = pid or 0
         self.kernel_id = kernel_id or ""
         self.files_to_cleanup = []
-        self.stderr_dropped = 0
         self._returncode: int | None = None
         self._exited: asyncio.Future[int] | None = None
         self._cleaned = False
@@ -130,6 +129,11 @@ class ForeignProcess(ProcessManager):
 
     def stderr_tail(self, lines: int = 20) -> str:
         return ""  # not captured: the kernel's stderr is not ours
+
+    @property
+    def stderr_dropped(self) -> int:
+        """Always 0: nothing of the kernel's stderr passes through us."""
+        return 0
 
     def start_watching(self) -> None:
         """Nothing to register: the waits below follow the process themselves."""

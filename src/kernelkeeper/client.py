@@ -114,6 +114,10 @@ class AsyncKernelClient(KernelRequests, ExecutionMethods, KernelEndpoint):
         #: Set on every iopub message (the ready handshake clears and awaits it).
         self.iopub_confirmed = asyncio.Event()
         self.kernel_info_reply: Message | None = None
+        #: Set by whoever proved this client ready before handing it out (a
+        #: warm pool): the manager generation of that proof. The next
+        #: ``wait_for_ready`` uses it instead of a round trip, once.
+        self.ready_proof: int | None = None
         #: Called (on the loop) with every iopub status message; the manager tracks busy/idle.
         self.status_hook: Callable[[Message], None] | None = None
         self.context = context or zmq.asyncio.Context.instance()

@@ -33,6 +33,7 @@ __all__ = [
     "channel_listens",
     "find_connection_file",
     "new_key",
+    "rename_connection_file",
     "runtime_dir",
     "write_connection_file",
 ]
@@ -366,14 +367,46 @@ def allocate_ports(ip: str = "127.0.0.1", count: int = 5) -> list[int]:
 
 
 def allocate_ipc_ports(prefix: str, count: int = 5) -> list[int]:
-    """Pick ``count`` ipc 'ports' (path suffixes) whose socket files do not exist yet."""
+    """Pick and reserve ``count`` ipc 'ports' (path suffixes) whose socket files are free.
+
+    Each path is reserved by creating it exclusively (an empty 0600 file), so
+    two processes choosing ports for the same prefix at once never pick the
+    same one. zmq's bind replaces the placeholder with the socket; the
+    kernel's cleanup removes whichever of the two is left.
+    """
     ports: list[int] = []
     n = 1
     while len(ports) < count:
-        if not os.path.exists(f"{prefix}-{n}"):
+        try:
+            fd = os.open(f"{prefix}-{n}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            os.close(fd)
             ports.append(n)
         n += 1
     return ports
+
+
+def rename_connection_file(old: str, new: str) -> bool:
+    """Move the connection file ``old`` to ``new`` unless ``new`` exists (False then).
+
+    A hard link then an unlink: another kernel's file is never overwritten. A
+    missing ``old`` (not written yet) is fine. Other failures raise
+    :class:`RuntimeDirError`.
+    """
+    if os.path.lexists(new):
+        return False
+    if not os.path.lexists(old):
+        return True
+    try:
+        os.link(old, new)
+    except FileExistsError:  # created since the check
+        return False
+    except OSError as e:
+        raise RuntimeDirError(f"Cannot rename {old} to {new}: {e}", new) from e
+    os.unlink(old)
+    return True
 
 
 def write_connection_file(

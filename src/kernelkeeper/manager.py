@@ -29,7 +29,7 @@ import zmq.asyncio
 
 from .attach import ForeignProcess
 from .client import AsyncKernelClient
-from .connection import ConnectionInfo, new_key
+from .connection import ConnectionInfo, new_key, rename_connection_file
 from .curve import POLICIES
 from .errors import (
     ConfigurationError,
@@ -37,7 +37,6 @@ from .errors import (
     KernelTimeoutError,
     LifecycleError,
     NotRunningError,
-    RuntimeDirError,
 )
 from .events import KernelEvent
 from .finder import KernelFinder
@@ -268,20 +267,8 @@ class AsyncKernelManager(JupyterSurface):
         # not yet fixed must follow the new id.
         old = self.connection_file if connection_file is not None else None
         if connection_file is not None and old is not None and connection_file != old:
-            if os.path.lexists(connection_file):
+            if not rename_connection_file(old, connection_file):
                 raise LifecycleError(f"Cannot adopt {connection_file}: the file exists")
-            if os.path.lexists(old):  # else not written yet: only the path changes
-                try:
-                    os.link(old, connection_file)
-                except FileExistsError:  # created since the check
-                    raise LifecycleError(
-                        f"Cannot adopt {connection_file}: the file exists"
-                    ) from None
-                except OSError as e:
-                    raise RuntimeDirError(
-                        f"Cannot rename {old} to {connection_file}: {e}", connection_file
-                    ) from e
-                os.unlink(old)
             self.connection_file = connection_file
             if proc is not None:
                 proc.files_to_cleanup = [

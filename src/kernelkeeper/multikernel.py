@@ -7,7 +7,8 @@ its own (:mod:`kernelkeeper.activity`), counts into :mod:`kernelkeeper.metrics`,
 culls idle kernels (:mod:`kernelkeeper.culling`), and takes kernels from warm
 pools when it has one for the requested type. Its parts: the lifecycle here,
 the per-kernel pass-through methods and ``connect_*`` in
-:mod:`kernelkeeper.multikernel_compat`, connections, models and the culler's
+:mod:`kernelkeeper.multikernel_compat`, shutting down, removing and culling in
+:mod:`kernelkeeper.multikernel_ending`, connections, models and the culler's
 view in :mod:`kernelkeeper.multikernel_model`.
 """
 
@@ -35,9 +36,9 @@ from .events import KernelEvent
 from .manager import AsyncKernelManager
 from .metrics import Metrics
 from .multikernel_compat import PassThroughMethods
+from .multikernel_ending import KernelEnding
 from .multikernel_model import ActivityMethods
 from .multikernel_sources import KernelSources
-from .states import KernelState
 
 __all__ = [
     "AsyncMultiKernelManager",
@@ -49,10 +50,8 @@ __all__ = [
 
 log = logging.getLogger("kernelkeeper.multikernel")
 
-S = KernelState
 
-
-class AsyncMultiKernelManager(PassThroughMethods, KernelSources, ActivityMethods):
+class AsyncMultiKernelManager(PassThroughMethods, KernelSources, KernelEnding, ActivityMethods):
     """Manages many kernels by id (jupyter_client's AsyncMultiKernelManager API).
 
     :param default_kernel_name: the type started when none is given.
@@ -277,101 +276,6 @@ class AsyncMultiKernelManager(PassThroughMethods, KernelSources, ActivityMethods
             resolve(ready, e)
             raise
         resolve(ready)
-
-    async def shutdown_kernel(
-        self, kernel_id: str, now: bool = False, restart: bool = False
-    ) -> None:
-        """Shut the kernel down and forget it; a kernel still starting is ended at once.
-
-        With ``use_pending_kernels`` the shutdown goes on in the background
-        (the kernel is listed until it is over; ``ready`` then resolves); a
-        kernel whose pending start failed is just forgotten.
-        """
-        starting = self._starting.get(kernel_id)
-        if starting is not None:
-            await self._end_start(starting)
-            return
-        entry = self._entry(kernel_id)
-        if entry.stop_task is not None:  # a pending shutdown is under way
-            await asyncio.shield(entry.stop_task)
-            return
-        if entry.start_error is not None:  # nothing left running: _boot cleaned up
-            del self._kernels[kernel_id]
-            return
-        if restart:  # jupyter_client's half of a restart: the kernel stays ours
-            await self.get_kernel(kernel_id).shutdown_kernel(now=now, restart=True)
-            return
-        stop = self._stop(entry, now, entry.new_ready())
-        if not self.use_pending_kernels:
-            await stop
-            return
-        entry.stop_task = asyncio.get_running_loop().create_task(
-            stop, name=f"kk-stop-{kernel_id[:8]}"
-        )
-        self._own(entry.stop_task)
-
-    async def _stop(self, entry: KernelRecord, now: bool, ready: asyncio.Future[None]) -> None:
-        try:
-            if entry.start_pending:
-                await self._end_start(entry)
-            else:
-                assert entry.km is not None
-                await entry.km.shutdown_kernel(now=now)
-        except BaseException as e:
-            entry.stop_task = None  # it may be tried again
-            resolve(ready, e)
-            if isinstance(e, Exception) and self.use_pending_kernels:
-                log.warning("Shutting down kernel %s failed: %s", entry.kernel_id, e)
-                return
-            raise
-        if self._kernels.get(entry.kernel_id) is entry:
-            del self._kernels[entry.kernel_id]
-        await entry.aclose()
-        resolve(ready)
-
-    async def _end_start(self, entry: KernelRecord) -> None:
-        entry.ending = True
-        if entry.km is not None:
-            await entry.km.shutdown_kernel(now=True)  # abandons its launch at once
-        await entry.start_done.wait()
-        if entry.start_task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await entry.start_task
-
-    def _own(self, task: asyncio.Task[Any]) -> None:
-        self._closing = [t for t in self._closing if not t.done()]
-        self._closing.append(task)
-
-    def remove_kernel(self, kernel_id: str) -> AsyncKernelManager | None:
-        """Forget a kernel without shutting it down (e.g. one that died); returns its
-        manager, or None. Also forgets a culled kernel's model."""
-        self._culled.pop(kernel_id, None)
-        entry = self._kernels.pop(kernel_id, None)
-        if entry is None:
-            return None
-        self._own(asyncio.get_running_loop().create_task(self._close_removed(entry)))
-        return entry.km
-
-    @staticmethod
-    async def _close_removed(entry: KernelRecord) -> None:
-        if entry.start_task is not None:  # a pending start goes on; then the kernel is theirs
-            with contextlib.suppress(asyncio.CancelledError):
-                await entry.start_task
-        await entry.aclose()
-
-    async def cull_kernel(self, kernel_id: str, reason: str) -> None:
-        """End the kernel and keep a dead model with ``reason``; emits ``culled``."""
-        entry = self._entry(kernel_id)
-        last = entry.activity.last_activity
-        log.info("Culling kernel %s (%s): %s", kernel_id, entry.kernel_name, reason)
-        await self.shutdown_kernel(kernel_id)
-        self._culled[kernel_id] = Tombstone(entry.kernel_name, reason, time.time(), last)
-        self.metrics.culls.inc(kernel_name=entry.kernel_name)
-        self._emit(
-            KernelEvent(
-                "culled", kernel_id, S.DEAD, {"reason": reason, "kernel_name": entry.kernel_name}
-            )
-        )
 
     # -- closing ----------------------------------------------------------------
 

@@ -336,6 +336,10 @@ class KernelPool(PoolFiller):
         if kc is not None:
             for ch in (kc.shell_channel, kc.iopub_channel, kc.stdin_channel, kc.control_channel):
                 await ch.get_msgs()  # nothing from its time in the pool reaches the caller
+            if kc.manager is not None:
+                # Proven ready when it was pooled, watched by heartbeat since:
+                # the taker's wait_for_ready needs no new round trip.
+                kc.ready_proof = kc.manager.generation
         self.hits += 1
         self.take_times.append(time.perf_counter() - t0)
         return km, kc

@@ -31,6 +31,8 @@ class ReadinessHost(Protocol):
     kernel_info_reply: Message | None
     #: Set by the client on every iopub message: the subscription is in place.
     iopub_confirmed: asyncio.Event
+    #: A proof of readiness made before the client was handed out (see below).
+    ready_proof: int | None
 
     @property
     def channels_running(self) -> bool: ...
@@ -43,6 +45,14 @@ __all__ = ["wait_for_ready"]
 
 async def wait_for_ready(kc: ReadinessHost, timeout: float | None = None) -> Message:
     """See :meth:`AsyncKernelClient.wait_for_ready`."""
+    proof, kc.ready_proof = kc.ready_proof, None
+    if proof is not None and await _still_proven(kc, proof):
+        # A warm pool handed this client out ready: the kernel answered its
+        # kernel_info and confirmed the iopub subscription on these very
+        # sockets, its heartbeat has been watched since, and its process is
+        # the same and alive. One use only; the next call probes again.
+        assert kc.kernel_info_reply is not None
+        return kc.kernel_info_reply
     if not kc.channels_running:
         kc.start_channels()
     seen = kc.iopub_confirmed
@@ -104,3 +114,16 @@ async def wait_for_ready(kc: ReadinessHost, timeout: float | None = None) -> Mes
             died.cancel()
         for sub in probes:
             sub.close()
+
+
+async def _still_proven(kc: ReadinessHost, generation: int) -> bool:
+    m = kc.manager
+    return (
+        m is not None
+        and kc.channels_running
+        and kc.kernel_info_reply is not None
+        and kc.iopub_confirmed.is_set()
+        and kc.liveness.current() is None
+        and m.generation == generation
+        and await m.is_alive()
+    )

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import atexit
-import collections
 import contextlib
 import errno
 import logging
 import os
+import select
 import signal as _signal
 import subprocess
 import sys
@@ -31,118 +30,11 @@ from collections.abc import Iterable
 from typing import IO
 
 from .managerabc import KernelManagerABC
+from .stderr_tail import StderrTail
 
 __all__ = ["KernelManager", "ReportedProcess"]
 
 log = logging.getLogger("kernelkeeper.subproc")
-
-_TAIL_BYTES = 16 * 1024
-
-
-class _StderrPump:
-    """Copies kernels' stderr to ours on one library thread, through a bounded buffer.
-
-    Our own stderr may be a pipe nobody reads: a write to it can block for
-    ever. Written on the event loop, that would freeze every kernel, heartbeat
-    and timeout of the loop; here only this thread waits. The loop only
-    appends to the buffer (never blocking); what does not fit is dropped and
-    counted by the caller.
-    """
-
-    limit = 1 << 20  # bytes buffered at most, across all kernels
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._queue: collections.deque[tuple[int | None, IO[bytes], bytes]] = collections.deque()
-        self._size = 0
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def put(self, fd: int | None, sink: IO[bytes], data: bytes) -> bool:
-        """Queue ``data`` for ``sink`` (written to ``fd`` when known); False if dropped."""
-        with self._cond:
-            if self._closed or self._size + len(data) > self.limit:
-                return False
-            self._queue.append((fd, sink, data))
-            self._size += len(data)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="kk-stderr", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        return True
-
-    idle_exit = 5.0  # seconds without output after which the thread ends
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    if not self._cond.wait(self.idle_exit) and not self._queue:
-                        # Quiet kernels: no thread held for them; put() starts one
-                        # again (it checks _thread under this same lock).
-                        self._thread = None
-                        return
-                if not self._queue:
-                    return
-                fd, sink, data = self._queue.popleft()
-            try:
-                if fd is not None:
-                    # The raw fd, not the buffered stream: a write stuck here must not
-                    # hold the stream's lock (interpreter shutdown would wait on it).
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
-                else:
-                    sink.write(data)
-                    sink.flush()
-            except (OSError, ValueError):
-                pass  # our stderr is closed or broken: nothing to copy to
-            finally:
-                with self._cond:
-                    self._size -= len(data)
-
-    def close(self, timeout: float) -> None:
-        """Write what is buffered (waiting at most ``timeout`` s), then stop the thread."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-
-
-_pump: _StderrPump | None = None
-_pump_lock = threading.Lock()
-
-
-def _stderr_pump() -> _StderrPump:
-    global _pump
-    with _pump_lock:
-        if _pump is None:
-            _pump = _StderrPump()
-        return _pump
-
-
-def _forget_pump() -> None:
-    global _pump, _pump_lock
-    _pump, _pump_lock = None, threading.Lock()  # threads do not survive fork
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pump)
-
-
-@atexit.register
-def _flush_pump() -> None:
-    if _pump is not None:
-        _pump.close(timeout=1.0)
-
-
-def _fileno(stream: IO[bytes] | None) -> int | None:
-    try:
-        return None if stream is None else stream.fileno()
-    except (AttributeError, OSError, ValueError):
-        return None
 
 
 class ReportedProcess(abc.ABC):
@@ -208,13 +100,7 @@ class KernelManager(KernelManagerABC):
             self._own_group = os.getpgid(self.pid) == self.pid
         except OSError:  # already gone and reaped
             self._own_group = False
-        self._stderr_fd = stderr_fd
-        self._stderr_sink = stderr_sink
-        self._sink_fd = _fileno(stderr_sink)
-        #: Bytes of the kernel's stderr not copied to ours because the buffer was full.
-        self.stderr_dropped = 0
-        self._tail: collections.deque[bytes] = collections.deque()
-        self._tail_len = 0
+        self._stderr = StderrTail(stderr_fd, stderr_sink)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._exited: asyncio.Future[int] | None = None
         self._pidfd: int | None = None
@@ -242,9 +128,7 @@ class KernelManager(KernelManagerABC):
             return
         self._loop = loop
         self._exited = loop.create_future()
-        if self._stderr_fd is not None:
-            os.set_blocking(self._stderr_fd, False)
-            loop.add_reader(self._stderr_fd, self._read_stderr)
+        self._stderr.watch(loop)
         if isinstance(self.popen, asyncio.subprocess.Process):
             self._waiter = loop.create_task(self._wait_asyncio(self.popen))
             return
@@ -279,8 +163,7 @@ class KernelManager(KernelManagerABC):
         if self._returncode is not None:
             self._exited.set_result(self._returncode)
             return
-        if self._stderr_fd is not None:
-            loop.add_reader(self._stderr_fd, self._read_stderr)
+        self._stderr.watch(loop)
         if self._pidfd is not None:
             loop.add_reader(self._pidfd, self._on_exit)
         elif isinstance(self.popen, ReportedProcess):
@@ -369,55 +252,17 @@ class KernelManager(KernelManagerABC):
                 raise
 
     def _finish(self, code: int) -> None:
-        self._drain_stderr()
+        self._stderr.drain()
         self._returncode = code
         if self._exited is not None and not self._exited.done():
             self._exited.set_result(code)
 
-    def _read_stderr(self) -> None:
-        fd = self._stderr_fd
-        if fd is None:
-            return
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._close_stderr()
-            return
-        self._keep(data)
-
-    def _drain_stderr(self) -> None:
-        while self._stderr_fd is not None:
-            try:
-                data = os.read(self._stderr_fd, 65536)
-            except (BlockingIOError, OSError):
-                return
-            if not data:
-                self._close_stderr()
-                return
-            self._keep(data)
-
-    def _keep(self, data: bytes) -> None:
-        self._tail.append(data)
-        self._tail_len += len(data)
-        while self._tail_len > _TAIL_BYTES and len(self._tail) > 1:
-            self._tail_len -= len(self._tail.popleft())
-        sink = self._stderr_sink
-        if sink is not None and not _stderr_pump().put(self._sink_fd, sink, data):
-            self.stderr_dropped += len(data)
-
-    def _close_stderr(self) -> None:
-        fd, self._stderr_fd = self._stderr_fd, None
-        if fd is None:
-            return
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(fd)
-        os.close(fd)
-
     # -- KernelManagerABC -----------------------------------------------------
+
+    @property
+    def stderr_dropped(self) -> int:
+        """Bytes of the kernel's stderr not copied to ours because the buffer was full."""
+        return self._stderr.dropped
 
     @property
     def exit_code(self) -> int | None:
@@ -426,15 +271,26 @@ class KernelManager(KernelManagerABC):
 
     def stderr_tail(self, lines: int = 20) -> str:
         """The last ``lines`` lines the kernel wrote to stderr."""
-        self._drain_stderr()
-        text = b"".join(self._tail).decode("utf-8", "replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return self._stderr.text(lines)
 
     async def is_alive(self) -> bool:
         """Is the kernel process still running?"""
         self.start_watching()
         assert self._exited is not None
-        return not self._exited.done()
+        # An exit the loop (or asyncio's child watcher) has not dispatched yet
+        # counts: asked right after the kernel died, the answer is not "alive".
+        return not self._exited.done() and not self._exit_pending()
+
+    def _exit_pending(self) -> bool:
+        if self._pidfd is not None:
+            return bool(select.select([self._pidfd], [], [], 0)[0])
+        if isinstance(self.popen, ReportedProcess):
+            return False  # not our child: its parent tells us
+        try:  # without reaping: that stays with whoever waits for it
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except (ChildProcessError, OSError):
+            return False
+        return info is not None
 
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait for the kernel process to exit (at most ``timeout`` seconds).
@@ -490,7 +346,7 @@ class KernelManager(KernelManagerABC):
         self._cleaned = True
         if self._waiter is not None:
             await self._waiter
-        self._close_stderr()
+        self._stderr.close()
         for path in self.files_to_cleanup:
             try:
                 os.unlink(path)
