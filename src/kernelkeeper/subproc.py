@@ -107,6 +107,7 @@ class KernelManager(KernelManagerABC):
         self._waiter: asyncio.Task[None] | None = None
         self._returncode: int | None = None
         self._cleaned = False
+        self._exit_seen = False  # the exit is known, its status maybe not yet
 
     def __repr__(self) -> str:
         state = "alive" if self._returncode is None else f"exited({self._returncode})"
@@ -223,6 +224,7 @@ class KernelManager(KernelManagerABC):
     def _on_exit(self) -> None:
         if self._returncode is not None:
             return  # already handled (a second wake-up after a change of loop)
+        self._exit_seen = True
         if self._pidfd is not None and self._loop is not None:
             self._loop.remove_reader(self._pidfd)
             if not isinstance(self.popen, ReportedProcess):  # that one owns its pidfd
@@ -282,6 +284,8 @@ class KernelManager(KernelManagerABC):
         return not self._exited.done() and not self._exit_pending()
 
     def _exit_pending(self) -> bool:
+        if self._exit_seen:  # its status is on the way (a forked kernel's report)
+            return True
         if self._pidfd is not None:
             return bool(select.select([self._pidfd], [], [], 0)[0])
         if isinstance(self.popen, ReportedProcess):
