@@ -17,17 +17,22 @@ spreads evenly):
   warm (started by an untimed warm-up).
 
 Rows: start → ready (``start_new_kernel`` returns a client that has had its
-``kernel_info`` reply), restart ``now=True`` → ready, and the first start in
+``kernel_info`` reply), restart ``now=True`` → ready, the first start in
 a fresh process whose template is cold (for honesty: it includes starting
 the template; measured in child processes, from after ``import
-kernelkeeper`` to ready). It prints one markdown table: min / median / max
-per way and the ratios of the medians to jupyter_client's. Every kernel is
-shut down in a ``finally``.
+kernelkeeper`` to ready), and ``--many`` kernels (32) started at once on one
+event loop by each way's async manager: the wall time until all are ready,
+and the CPU time per started kernel (the kernels' own up to ready, plus the
+managing process's and, for the fork server, the template's over the same
+span). It prints one markdown table: min / median / max per way and the
+ratios of the medians to jupyter_client's. Every kernel is shut down in a
+``finally``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -156,6 +161,65 @@ def bench_cold(n: int) -> dict[str, list[float]]:
     return out
 
 
+def _cpu(pid: int) -> float:
+    import psutil
+
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system)
+
+
+async def _many_once(way: str, n: int) -> tuple[float, float]:
+    """``n`` kernels started at once, to ready: (wall ms, CPU ms per kernel)."""
+    _switch(way)
+    if way == "jc":
+        from jupyter_client.manager import AsyncKernelManager as JcManager
+
+        kms: list[Any] = [JcManager(kernel_name=KERNEL) for _ in range(n)]
+    else:
+        import kernelkeeper
+
+        kms = [kernelkeeper.AsyncKernelManager(kernel_name=KERNEL) for _ in range(n)]
+    from kernelkeeper import forkserver
+
+    helpers = [os.getpid(), *(t["pid"] for t in forkserver.templates())]
+    cpu0 = sum(_cpu(p) for p in helpers)
+    clients: list[Any] = []
+
+    async def one(km: Any) -> None:
+        await km.start_kernel(stderr=subprocess.DEVNULL)
+        kc = km.client()
+        clients.append(kc)
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=TIMEOUT)
+
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(*(one(km) for km in kms))
+        wall = (time.perf_counter() - t0) * 1000
+        pids = [km.provisioner.pid if way == "jc" else km.process.pid for km in kms]
+        cpu = sum(_cpu(p) for p in pids) + sum(_cpu(p) for p in helpers) - cpu0
+    finally:
+        for kc in clients:
+            with contextlib.suppress(Exception):
+                kc.stop_channels()
+        await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms), return_exceptions=True)
+    return wall, cpu * 1000 / n
+
+
+def bench_many(rounds: int, n: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    walls: dict[str, list[float]] = {w: [] for w in WAYS}
+    cpus: dict[str, list[float]] = {w: [] for w in WAYS}
+    for i in range(rounds):
+        for way in WAYS[i % 3 :] + WAYS[: i % 3]:
+            wall, cpu = asyncio.run(_many_once(way, n))
+            walls[way].append(wall)
+            cpus[way].append(cpu)
+    return walls, cpus
+
+
 def cell(xs: list[float] | None) -> str:
     if not xs:
         return "—"
@@ -187,6 +251,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--cold", type=int, default=3, help="cold-start repetitions")
+    ap.add_argument("--many", type=int, default=32, help="kernels started at once")
+    ap.add_argument("--many-rounds", type=int, default=3, help="rounds of --many (0: skip)")
     ap.add_argument("--json", help="also write the raw figures here")
     args = ap.parse_args()
     from kernelkeeper import forkserver
@@ -196,6 +262,7 @@ def main() -> None:
             stop(*start(way))
         started = bench_start(args.repeat)
         restarted = bench_restart(args.repeat)
+        walls, cpus = bench_many(args.many_rounds, args.many)
     finally:
         forkserver.shutdown_templates()
     cold = bench_cold(args.cold)
@@ -204,6 +271,11 @@ def main() -> None:
         ("restart now=True → ready", restarted),
         ("first start in a fresh process (template cold)", cold),
     ]
+    if args.many_rounds:
+        rows += [
+            (f"{args.many} kernels at once → all ready (wall)", walls),
+            (f"{args.many} kernels at once: CPU per started kernel", cpus),
+        ]
     print(table(rows))
     try:
         load = os.getloadavg()

@@ -479,3 +479,62 @@ def test_sigkilled_manager_leaves_no_forked_kernel_nor_template(tmp_path: Path) 
     assert manager.returncode == -signal.SIGKILL
     wait_gone(list(procs.values()), timeout=30, reap=True)
     wait_for(lambda: not any(os.path.exists(f) for f in info["files"]), timeout=30)
+
+
+async def test_ports_are_reported_before_the_shell_is_made(
+    managers: Callable[..., AsyncKernelManager], tmp_path: Path
+) -> None:
+    # The kernel blocks in initialize()'s last step (exec_lines) until we open
+    # the FIFO: start_kernel can only return before that if the launcher
+    # reported the ports as soon as they were bound (and the file written).
+    fifo = tmp_path / "gate"
+    os.mkfifo(fifo)
+    km = managers("python3")
+    assert await prepare_fork_server(km.kernel_spec)
+    gate = f"--IPKernelApp.exec_lines=open({str(fifo)!r}).read()"
+    await km.start_kernel(startup_timeout=READY, extra_arguments=[gate])
+    assert km.process is not None
+    assert parent_of(km.process.pid) == template_pids()[0]
+    info = km.connection_info
+    assert info is not None
+    with open(km.connection_file, encoding="utf-8") as f:  # noqa: ASYNC230 - a small local file
+        on_disk = json.load(f)
+    assert on_disk["shell_port"] == info.shell_port != 0
+    assert on_disk["hb_port"] == info.hb_port != 0
+    kc = km.client()
+    kc.start_channels()
+    try:
+        ready = asyncio.ensure_future(kc.wait_for_ready(timeout=READY))
+
+        def release() -> None:
+            fd = os.open(fifo, os.O_WRONLY)  # waits for the kernel to open it
+            os.close(fd)
+
+        await asyncio.wait_for(asyncio.to_thread(release), READY)
+        await ready  # the request sent while the kernel was initializing is answered
+        assert "ok" in await run(kc, "print('ok')")
+    finally:
+        await kc.aclose()
+
+
+def test_fast_command_line_matches_traitlets(tmp_path: Path) -> None:
+    from ipykernel.kernelapp import IPKernelApp
+
+    from kernelkeeper import _ipykernel_launcher as launcher
+
+    argv = ["-f", str(tmp_path / "kernel-1.json")]
+    slow = IPKernelApp()
+    slow.parse_command_line(argv)
+    fast = IPKernelApp()
+    launcher._fast_command_line(fast, argv)
+    assert "parse_command_line" in vars(fast)  # the fast path was taken
+    fast.parse_command_line(argv)
+    assert fast.cli_config == slow.cli_config
+    assert fast.extra_args == slow.extra_args == []
+    assert fast.connection_file == slow.connection_file == argv[1]
+    assert fast.argv == slow.argv
+    # Anything else goes through traitlets' parser.
+    for other in (["-f", "kernel-1.json"], [*argv, "--debug"], ["--f", argv[1]]):
+        app = IPKernelApp()
+        launcher._fast_command_line(app, other)
+        assert "parse_command_line" not in vars(app)

@@ -33,7 +33,7 @@ import stat
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -87,12 +87,83 @@ def _register(url: str, token: str, app: object) -> None:
     body = json.dumps(payload, sort_keys=True).encode()
     key = app.session.key  # type: ignore[attr-defined]
     sig = hmac.new(key, body, hashlib.sha256).hexdigest().encode() if key else b""
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    # The kernel's own context: a second one would start another I/O thread.
+    ctx: zmq.Context[zmq.Socket[bytes]] = getattr(app, "context", None) or zmq.Context.instance()
     sock = ctx.socket(zmq.PUSH)
     sock.linger = 2000
     sock.connect(url)
     sock.send_multipart([body, sig])
     sock.close()
+
+
+def _report_once_bound(app: Any, url: str, token: str, files: list[str]) -> Callable[[], None]:
+    """Report the ports as soon as every socket is bound, not after ``initialize()``.
+
+    ``initialize()`` binds the sockets, then the heartbeat's, then writes the
+    connection file with the ports: the report follows that write (a reader of
+    the file after the start sees the real ports). The rest of ``initialize()``
+    (the shell, the kernel object: most of its time) then overlaps with the
+    manager connecting its client, whose requests wait in the bound sockets.
+    The returned function reports if the hook did not (an ipykernel that binds
+    elsewhere); it is idempotent.
+    """
+    done = False
+
+    def report() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        if getattr(app, "transport", "tcp") == "ipc":
+            files.extend(
+                f"{app.ip}-{getattr(app, f'{ch}_port')}"
+                for ch in ("shell", "iopub", "stdin", "control", "hb")
+            )
+        if url:
+            _register(url, token, app)
+
+    write = getattr(app, "write_connection_file", None)
+    if callable(write):
+
+        def write_then_report(**kw: Any) -> None:
+            write(**kw)
+            hb_port: int = getattr(app, "hb_port", 0)
+            if getattr(app, "heartbeat", None) is not None and hb_port:
+                report()
+
+        # On the instance: the class, and so any other app, stays as it is.
+        setattr(app, "write_connection_file", write_then_report)  # noqa: B010
+    return report
+
+
+def _fast_command_line(app: Any, argv: list[str]) -> None:
+    """Parse the usual ``-f /abs/connection.json`` without building traitlets' parser.
+
+    ``parse_command_line`` builds an argparse parser of every alias and flag of
+    every configurable class, ~10 ms, most of what ``initialize()`` spends
+    before it binds. For exactly this argv (what kernelspecs pass) the result
+    is known: ``IPKernelApp.connection_file`` set, no extra arguments. Any other
+    argv, or an app whose ``-f`` means something else, takes the full parser.
+    """
+    if len(argv) != 2 or argv[0] != "-f" or not os.path.isabs(argv[1]):
+        return
+    if getattr(app, "aliases", {}).get("f") != "IPKernelApp.connection_file":
+        return
+    if type(app).__name__ != "IPKernelApp":
+        return
+    try:
+        from traitlets.config import Config
+    except ImportError:
+        return
+    path = argv[1]
+
+    def parse_command_line(argv: list[str] | None = None) -> None:
+        app.argv = ["-f", path]
+        app.cli_config = Config({"IPKernelApp": {"connection_file": path}})
+        app.update_config(app.cli_config)
+        app.extra_args = []
+
+    setattr(app, "parse_command_line", parse_command_line)  # noqa: B010
 
 
 def _connection_file_arg(argv: list[str]) -> list[str]:
@@ -149,6 +220,8 @@ def main() -> None:
     # parent_handle=1 means "managed, do not poll the parent": the watchdog
     # above does that job without a polling thread (and no console banner).
     app.parent_handle = 1
+    _fast_command_line(app, sys.argv[1:])
+    report = _report_once_bound(app, url, token, files)
     try:
         app.initialize(sys.argv[1:])  # type: ignore[no-untyped-call]
     except BaseException as e:
@@ -162,13 +235,7 @@ def main() -> None:
         sys.stderr.flush()
         os._exit(code)
     _restore_mask(sigint_mask)
-    if getattr(app, "transport", "tcp") == "ipc":
-        files.extend(
-            f"{app.ip}-{getattr(app, f'{ch}_port')}"
-            for ch in ("shell", "iopub", "stdin", "control", "hb")
-        )
-    if url:
-        _register(url, token, app)
+    report()
     app.start()  # type: ignore[no-untyped-call]
     _fast_exit(_history_files(app))
 
