@@ -349,8 +349,9 @@ DOTTED = pytest.mark.xfail(
     raises=TraitError,
     reason=(
         "nbclient's kernel_manager_class is a traitlets Type(klass=jupyter_client.KernelManager): "
-        "only a subclass of jupyter_client's class passes, and kernelkeeper does not import "
-        "jupyter_client"
+        "only a subclass of jupyter_client's class passes, and kernelkeeper's core does not import "
+        "jupyter_client; kernelkeeper.jupyter_client_interop.AsyncKernelManager (and "
+        "KernelManager) is that subclass, tested in tests/test_jupyter_client_interop.py"
     ),
 )
 

@@ -9,7 +9,10 @@ subprocess (tornado's ``gen_test`` drives the async ones, as upstream). In
 the ``jupyter_client-mkm`` mode the multi-kernel managers stay jupyter_client's
 own, with kernelkeeper's ``KernelManager``/``AsyncKernelManager`` as their
 ``kernel_manager_class`` (``tests/upstream/jc_mkm_shim.py``): the seam
-jupyter_server's MappingKernelManager uses.
+jupyter_server's MappingKernelManager uses. The ``interop`` mode does the same
+with ``kernelkeeper.jupyter_client_interop``'s classes (jupyter_client
+subclasses that run kernelkeeper's managers), which the test's own
+``isinstance`` checks then name too.
 Skipped: only the tests of jupyter_client machinery kernelkeeper does not
 have, each with its reason (``SKIPS``). The subprocess shares this test's
 runtime dir, so the leak check of ``conftest.py`` covers it too.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +46,10 @@ STREAM = (
     "(kernelkeeper's multi-kernel manager returns ZMQStreams: the test passes in the "
     "kernelkeeper mode)"
 )
+
+#: Upstream's own skips, with upstream's reasons (8.10.0 skips
+#: ``test_start_parallel_process_kernels`` on Linux).
+UPSTREAM_SKIPS = ("Windows", "win32", "Kernel refuses to start in process pool")
 
 #: Skipped only when jupyter_client's multi-kernel managers drive ours.
 JC_MKM_SKIPS: dict[str, dict[str, str]] = {
@@ -116,9 +124,32 @@ JC_MKM_REWRITES = [
 ]
 
 
+#: In the ``interop`` mode, the test's own ``KernelManager``/``AsyncKernelManager``
+#: (its isinstance checks) are the interop classes too.
+INTEROP_REWRITES = [
+    (
+        "from jupyter_client import AsyncKernelManager, KernelManager",
+        "from kernelkeeper.jupyter_client_interop import AsyncKernelManager, KernelManager",
+    ),
+    (
+        "from jupyter_client import KernelManager",
+        "from kernelkeeper.jupyter_client_interop import KernelManager",
+    ),
+]
+
+#: mode -> the kernel managers jc_mkm_shim.py gives jupyter_client's multi-kernel managers.
+SHIM_MANAGERS = {"jupyter_client-mkm": "core", "interop": "interop"}
+
+
 def skips_for(version: str, mode: str) -> dict[str, str]:
-    extra = JC_MKM_SKIPS[version] if mode == "jupyter_client-mkm" else {}
+    extra = JC_MKM_SKIPS[version] if mode in SHIM_MANAGERS else {}
     return {**SKIPS[version], **extra}
+
+
+def rewrites_for(mode: str) -> list[tuple[str, str]]:
+    if mode == "kernelkeeper":
+        return REWRITES
+    return JC_MKM_REWRITES + (INTEROP_REWRITES if mode == "interop" else []) + REWRITES
 
 
 def extract_tests(version: str, dest: Path, mode: str = "kernelkeeper") -> Path:
@@ -128,11 +159,10 @@ def extract_tests(version: str, dest: Path, mode: str = "kernelkeeper") -> Path:
         f = tar.extractfile(member)
         assert f is not None, f"{member} not in the sdist"
         source = f.read().decode()
-    for old, new in (JC_MKM_REWRITES if mode == "jupyter_client-mkm" else []) + REWRITES:
+    for old, new in rewrites_for(mode):
         source = source.replace(old, new)
-    assert "jupyter_client" not in source.replace("jupyter_client's", ""), (
-        "an import of jupyter_client was left unrewritten"
-    )
+    left = source.replace("jupyter_client's", "").replace("jupyter_client_interop", "")
+    assert "jupyter_client" not in left, "an import of jupyter_client was left unrewritten"
     pkg = dest / f"jc_{version.replace('.', '_')}"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
@@ -148,18 +178,29 @@ def extract_tests(version: str, dest: Path, mode: str = "kernelkeeper") -> Path:
 
 
 @pytest.mark.timeout(1200)  # ~30 kernel lifecycles in a subprocess; minutes on a loaded machine
-@pytest.mark.parametrize("mode", ["kernelkeeper", "jupyter_client-mkm"])
+@pytest.mark.parametrize("mode", ["kernelkeeper", "jupyter_client-mkm", "interop"])
 @pytest.mark.parametrize("version", ["8.10.0", "5.3.5"])
 def test_jupyter_client_multikernelmanager_suite(version: str, mode: str, tmp_path: Path) -> None:
     pkg = extract_tests(version, tmp_path, mode)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH", "")) if p)
+    env["KK_MKM_KERNEL_MANAGERS"] = SHIM_MANAGERS.get(mode, "core")
     env["ASYNC_TEST_TIMEOUT"] = "120"  # tornado's gen_test: 5 s is too short on a loaded machine
     cmd = [sys.executable, "-m", "pytest", str(pkg), "-q", "-rs", "-p", "no:cacheprovider"]
     cmd += ["-o", "timeout=300", "--rootdir", str(tmp_path)]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
     out = r.stdout[-8000:] + r.stderr[-4000:]
+    print(f"jupyter_client {version} ({mode}): {_summary(r.stdout)}")  # shown with -s
     assert r.returncode == 0, out
     assert " passed" in r.stdout, out
-    skipped = r.stdout.count("SKIPPED [")
-    assert skipped <= len(skips_for(version, mode)) + 1, out  # + upstream's own linux skip
+    reasons = set(skips_for(version, mode).values())
+    skipped = [ln for ln in r.stdout.splitlines() if ln.startswith("SKIPPED [")]
+    # Anything skipped is one of ours, with its reason, or upstream's own platform skip.
+    unexpected = [ln for ln in skipped if not any(why in ln for why in reasons)]
+    assert all(any(why in ln for why in UPSTREAM_SKIPS) for ln in unexpected), out
+
+
+def _summary(out: str) -> str:
+    """pytest's last line: ``N passed, M skipped in T s``."""
+    lines = [ln for ln in out.splitlines() if re.search(r"\d+ (passed|failed|skipped)", ln)]
+    return lines[-1] if lines else ""

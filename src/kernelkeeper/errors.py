@@ -37,6 +37,8 @@ catches what jupyter_client raises):
                                manager raises KeyError for an unknown id)
 ``KernelLimitError``           ``RuntimeError``
 ``DuplicateKernelError``       ``ValueError``
+``InteropNotSupported``        ``NotImplementedError``: a jupyter_client name
+                               the interop classes do not run
 =============================  ==============================================
 """
 
@@ -50,6 +52,7 @@ __all__ = [
     "ConnectionFileError",
     "ConnectionFileNotFound",
     "DuplicateKernelError",
+    "InteropNotSupported",
     "KernelDiedError",
     "KernelError",
     "KernelExecutableNotFound",
@@ -210,6 +213,13 @@ class KernelLimitError(KernelError, RuntimeError):
 
 class DuplicateKernelError(KernelError, ValueError):
     """A kernel with the requested kernel_id already exists."""
+
+
+class InteropNotSupported(KernelError, NotImplementedError):
+    """A jupyter_client name the interop classes
+    (:mod:`kernelkeeper.jupyter_client_interop`) do not run: jupyter_client
+    machinery (provisioner hooks, port reservation, traitlets factories) with
+    no kernelkeeper counterpart."""
 
 
 def _signal_name(signum: int) -> str:
