@@ -1137,6 +1137,22 @@ def bench_roundtrip(p: Params) -> list[Row]:
             jc_text="(same floor)",
         ),
     ]
+    for what, times in (("kernel_info", kinfo), ('execute("1+1")', exe)):
+        # Paired: each call minus the raw call of the same rotation.
+        over = {
+            lib: [(a - b) * 1000 for a, b in zip(times[lib], times["raw"], strict=True)]
+            for lib in LIBS
+        }
+        rows.append(
+            Row(
+                "roundtrip",
+                f"{what}: client overhead over the raw floor (paired)",
+                "µs",
+                over["kk"],
+                over["jc"],
+                show_ratio=False,
+            )
+        )
     for r in rows:
         r.extra["calls"] = p.calls
     return rows

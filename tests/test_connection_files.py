@@ -244,8 +244,12 @@ def test_allocate_ports_and_ipc_ports(tmp_path: Path) -> None:
     (tmp_path / "kernel-ipc-1").touch()
     (tmp_path / "kernel-ipc-3").touch()
     assert conn.allocate_ipc_ports(prefix) == [2, 4, 5, 6, 7]
-    for name in ("kernel-ipc-1", "kernel-ipc-3"):
-        (tmp_path / name).unlink()
+    # Reserved: each is an empty 0600 file now, so the next caller (another
+    # process, at the same moment) gets other ports.
+    for n in (2, 4, 5, 6, 7):
+        st = (tmp_path / f"kernel-ipc-{n}").stat()
+        assert st.st_size == 0 and stat.S_IMODE(st.st_mode) == 0o600
+    assert conn.allocate_ipc_ports(prefix, 2) == [8, 9]
 
 
 # --- the runtime dir ---------------------------------------------------------------------------

@@ -10,6 +10,13 @@ and the output/stdin hooks of executions, which run in the calling thread.
 
 The same code thus serves scripts, threads and callers already inside an
 asyncio loop (a notebook, say): the caller's own loop is never touched.
+
+The protocol's requests (``kernel_info``, ``execute``, ... see
+:data:`~kernelkeeper.protocol.REQUESTS`) take a shorter way than a derived
+call: one plain callback posted to the loop sends the request, and the
+reply's arrival releases the caller directly (a
+:class:`~kernelkeeper.loopthread.Handoff`), with no task, future or second
+loop hop in between.
 """
 
 from __future__ import annotations
@@ -28,15 +35,16 @@ import zmq
 
 from . import loopthread
 from .blocking_channels import BlockingChannel, BlockingHBChannel
-from .boundary import mapped
-from .channels import connect_socket
+from .boundary import mapped, translate
+from .channels import MsgId, connect_socket
 from .client import AsyncKernelClient, CellResult, ConnectionSource
-from .errors import ConnectionFileError
+from .errors import ConnectionFileError, KernelTimeoutError
 from .execution import maybe_await
-from .face import Face, derive, register
-from .loopthread import LoopThread
+from .face import Face, copy_meta, derive, register
+from .loopthread import Handoff, LoopThread
 from .manager import AsyncKernelManager
 from .manager_compat import set_blocking_client_factory
+from .protocol import REQUESTS, Request
 from .session import Message
 from .starting import LAUNCH_KEYS
 
@@ -66,7 +74,24 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_managers)
 
 
+def _fast_requests(cls: type[BlockingKernelClient]) -> type[BlockingKernelClient]:
+    """Give the face each protocol request as a one-crossing round trip."""
+    for name, req in REQUESTS.items():
+        if name not in vars(cls):
+            setattr(cls, name, _fast_request(name, req))
+    return cls
+
+
+def _fast_request(name: str, req: Request) -> Callable[..., Any]:
+    def method(self: BlockingKernelClient, /, *args: Any, **kwargs: Any) -> Any:
+        return self._round_trip(name, req, args, kwargs)
+
+    copy_meta(method, getattr(AsyncKernelClient, name))
+    return method
+
+
 @derive(AsyncKernelClient)
+@_fast_requests
 class BlockingKernelClient(Face):
     """A kernel client with blocking methods (jupyter_client's BlockingKernelClient API).
 
@@ -115,6 +140,52 @@ class BlockingKernelClient(Face):
         """Close every channel and wait for their tasks; pending waits fail with
         :class:`NotRunningError`."""
         self._portal.run(self._async.aclose())
+
+    def _round_trip(
+        self, name: str, req: Request, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        # A request: built, signed and sent by one callback on the loop; the
+        # reply (or a death, or closed channels) releases this thread from the
+        # loop's reader callback directly.
+        ac = self._async
+        portal = self._portal
+        cls = type(ac)
+        if (
+            portal.on_loop_thread()
+            or getattr(cls, name) is not getattr(AsyncKernelClient, name)
+            or cls._request is not AsyncKernelClient._request
+            or cls._request_to is not AsyncKernelClient._request_to
+        ):
+            return self._call(name, args, kwargs)  # a hook on the loop, or a subclass's own
+        reply = bool(kwargs.get("reply", False))
+        timeout: float | None = kwargs.get("timeout")
+        box = Handoff(name)
+
+        def start() -> None:
+            try:
+                content = req.build(ac, *args, **kwargs)
+                msg_id = ac._request_to(req.channel, req.msg_type, content, box if reply else None)
+                box.label = msg_id
+                if not reply:
+                    box.set_result(MsgId(msg_id))
+            except BaseException as e:
+                box.set_exception(e)
+
+        portal.post(start)
+        try:
+            if not box.wait(timeout if reply else None):
+                raise KernelTimeoutError(f"No reply to {box.label} within {timeout} s")
+        except BaseException:
+            # Timed out, or Ctrl-C: the loop forgets the wait (after ``start``, in order).
+            portal.loop.call_soon_threadsafe(lambda: ac.router.withdraw(box.label, box))
+            raise
+        try:
+            return box.result()
+        except BaseException as e:
+            new = translate(e)
+            if new is e:
+                raise
+            raise new from e
 
     def _recv_reply(
         self, msg_id: str, timeout: float | None = None, channel: str = "shell"

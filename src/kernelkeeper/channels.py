@@ -1,7 +1,9 @@
-"""The client's sockets: one receive task per channel, bounded queues, the heartbeat.
+"""The client's sockets: one reader per channel, bounded queues, the heartbeat.
 
-Each :class:`Channel` owns one kernel socket and the task that receives on
-it; every message is parsed once and handed to the client's routing. What
+Each :class:`Channel` owns one kernel socket, read by a callback on the
+loop's reader for the socket's descriptor: every message waiting is taken in
+one wake-up, parsed once and handed to the client's routing in the same loop
+iteration (no future and no task step per message). What
 nobody claimed waits in the channel's queue for ``get_msg`` (the
 jupyter_client way, used by nbclient and papermill). Queues are bounded by
 count *and* by bytes, so a client that never reads iopub cannot be made to
@@ -17,17 +19,17 @@ import collections
 import contextlib
 import dataclasses
 import logging
-import queue
 import time
 from collections.abc import Callable, Generator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
 
 from .connection import ConnectionInfo
 from .curve import configure_client
-from .errors import KernelDiedError, NotRunningError
+from .errors import NotRunningError
+from .msgqueue import MessageQueue, QueuedReader
 from .session import Message, Session
 
 
@@ -51,6 +53,8 @@ class ChannelLink:
     on_beat: Callable[[], None] = lambda: None
     #: The heartbeat missed this many beats in a row.
     on_missed: Callable[[int], None] = lambda missed: None
+    #: May this channel leave what arrived unread for now (see ``Channel.defer``)?
+    may_defer: Callable[[Channel], bool] = lambda channel: False
 
     def info(self, channel: str) -> ConnectionInfo:
         """The connection info, or NotRunningError when there is none yet."""
@@ -98,6 +102,40 @@ def connect_socket(
     return sock
 
 
+# The channels' hot path calls pyzmq's compiled socket methods with plain
+# int flags: its Python layer (send_multipart, recv_multipart) builds enum
+# flag objects and asks for RCVMORE on every frame, which costs more than
+# the frame itself.
+_zsend = zmq.backend.Socket.send
+_zrecv = zmq.backend.Socket.recv
+_POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
+_NOBLOCK = int(zmq.NOBLOCK)
+_MORE = int(zmq.SNDMORE) | _NOBLOCK
+
+
+def _events(sock: zmq.Socket[bytes]) -> int:
+    """The socket's ready events (also takes in what zmq's I/O thread signalled)."""
+    return cast(int, sock.getsockopt(zmq.EVENTS))
+
+
+def _recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
+    # A multipart message arrives whole: once its first frame is there, all
+    # are. Copied straight into bytes: a zero-copy Frame plus its .bytes would
+    # hold each large frame twice until freed, and under a flood of big
+    # outputs that doubles the peak memory the queue's byte bound promises.
+    frames = [_zrecv(sock, _NOBLOCK, True)]
+    while sock.getsockopt(zmq.RCVMORE):
+        frames.append(_zrecv(sock, _NOBLOCK, True))
+    return frames
+
+
+def _send_frames_now(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    # zmq queues a multipart message whole or not at all: only the first frame can fail (Again).
+    last = len(frames) - 1
+    for i, f in enumerate(frames):
+        _zsend(sock, f, _MORE if i < last else _NOBLOCK)
+
+
 class MsgId(str):
     """The msg_id of a request that was sent.
 
@@ -139,86 +177,14 @@ class TaskOwner:
 _TaskOwner = TaskOwner
 
 
-class MessageQueue:
-    """A FIFO of messages with their wire sizes; ``get`` waits, the rest does not.
-
-    The subset of :class:`asyncio.Queue` that callers use (``empty``,
-    ``qsize``, ``get_nowait`` raising :class:`asyncio.QueueEmpty`, ``get``),
-    plus ``nbytes``: the summed frame sizes of what is queued. A ``get``
-    cancelled after it was woken passes the wake-up on, so a message is never
-    lost to a timeout.
-    """
-
-    def __init__(self) -> None:
-        self._items: collections.deque[tuple[Message, int]] = collections.deque()
-        self._getters: collections.deque[asyncio.Future[None]] = collections.deque()
-        #: Summed frame sizes of the queued messages.
-        self.nbytes = 0
-
-    def qsize(self) -> int:
-        return len(self._items)
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def put(self, msg: Message, nbytes: int = 0) -> None:
-        self._items.append((msg, nbytes))
-        self.nbytes += nbytes
-        self._wake_next()
-
-    def popleft(self) -> tuple[Message, int]:
-        """Remove and return the oldest ``(message, nbytes)``; IndexError when empty."""
-        msg, n = self._items.popleft()
-        self.nbytes -= n
-        return msg, n
-
-    def peek_last(self) -> Message | None:
-        """The newest queued message, left in place."""
-        return self._items[-1][0] if self._items else None
-
-    def get_nowait(self) -> Message:
-        if not self._items:
-            raise asyncio.QueueEmpty
-        return self.popleft()[0]
-
-    async def get(self) -> Message:
-        while not self._items:
-            fut = asyncio.get_running_loop().create_future()
-            self._getters.append(fut)
-            try:
-                await fut
-            except BaseException:
-                fut.cancel()
-                with contextlib.suppress(ValueError):
-                    self._getters.remove(fut)
-                if not fut.cancelled():  # woken, then cancelled: wake the next getter
-                    self._wake_next()
-                raise
-        return self.popleft()[0]
-
-    def fail_waiters(self, make_error: Callable[[], BaseException]) -> None:
-        """Fail every waiting ``get`` (nothing will come); queued messages stay."""
-        getters, self._getters = self._getters, collections.deque()
-        for fut in getters:
-            if not fut.done():
-                fut.set_exception(make_error())
-                fut.exception()  # retrieved: a getter cancelled meanwhile must not log it
-
-    def _wake_next(self) -> None:
-        while self._getters and self._items:
-            fut = self._getters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-
-
-class Channel(TaskOwner):
+class Channel(QueuedReader, TaskOwner):
     """One kernel socket plus the queue of its messages nobody else claimed.
 
     Mirrors jupyter_client's async channel: ``await get_msg(timeout)`` raises
     :class:`queue.Empty` when nothing arrives in time.
     """
 
+    link: ChannelLink
     #: Most unread messages kept; see :meth:`put`.
     max_queued = 1000
     #: Most bytes (received frame sizes) of unread messages kept; see :meth:`put`.
@@ -228,7 +194,18 @@ class Channel(TaskOwner):
         self.link = link
         self.name = name
         self.socket: zmq.asyncio.Socket | None = None
+        # A plain view of ``socket`` (the same zmq handle): the channel reads
+        # and writes it without blocking from its reader callback, so
+        # pyzmq's per-call futures never come into play.
+        self._zsock: zmq.Socket[bytes] | None = None
+        self._fd: int | None = None
+        # Sends the socket refused for now (its high-water mark): sent, in
+        # order, when it can take them again.
+        self._outbox: collections.deque[list[bytes]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Set while arrivals are left unread (see ``defer``): the timer that
+        # reads them at the latest.
+        self._deferred: asyncio.TimerHandle | None = None
         self.queue = MessageQueue()
         #: Messages dropped because nobody read the queue (oldest go first).
         self.overflowed = 0
@@ -261,8 +238,13 @@ class Channel(TaskOwner):
         configure_client(sock, info)
         sock.connect(info.url(self.name))
         self.socket = sock
-        self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._receive(sock), name=f"kk-{self.name}")
+        loop = self._loop = asyncio.get_running_loop()
+        zsock = self._zsock = zmq.Socket.shadow(sock.underlying)
+        self._fd = zsock.FD
+        loop.add_reader(self._fd, self._on_events)
+        self._task = loop.create_task(self._park(), name=f"kk-{self.name}")
+        # The descriptor is edge-triggered: look once for what came before it was watched.
+        loop.call_soon(self._on_events)
         self.link.on_start()
 
     def ensure_started(self) -> None:
@@ -281,120 +263,186 @@ class Channel(TaskOwner):
         self.start()
 
     def stop(self) -> None:
-        """Cancel the receive task and close the socket (no await needed)."""
+        """Stop reading and close the socket (no await needed)."""
+        self._unwatch()
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
         super().stop()
         sock, self.socket = self.socket, None
+        self._zsock = None
+        self._outbox.clear()
         if sock is not None:
             sock.close()
 
-    async def _receive(self, sock: zmq.asyncio.Socket) -> None:
-        session = self.link.session
-        deliver = self.link.deliver
-        while True:
-            try:
-                frames = await sock.recv_multipart()
-            except zmq.ZMQError as e:
-                if e.errno == zmq.ETERM or sock.closed:
-                    return
-                log.warning("%s socket error: %s", self.name, e)
-                continue
-            msg = session.feed(frames)
-            if msg is not None:
-                try:
-                    deliver(self, msg, sum(len(f) for f in frames))
-                except Exception:  # a failing user hook must not kill the channel
-                    log.exception("Error handling a %s message", self.name)
+    def detach_socket(self) -> zmq.asyncio.Socket | None:
+        """Stop reading and hand over the connected socket, open (None if not started).
 
-    def put(self, msg: Message, nbytes: int = 0) -> None:
-        """Queue a message for ``get_msg``; past ``max_queued`` messages or
-        ``max_queued_bytes`` bytes the oldest are dropped (and counted).
-
-        An unread queue must not grow without bound in a long-lived client
-        (jupyter_client's sockets drop at their 1000-message high-water mark;
-        bytes matter too: a cell printing gigabytes must not fill our memory).
-        The newest message is always kept, however large.
+        Our reader is removed at once, before the caller can watch the socket
+        itself: the loop keeps one reader per descriptor, so a later removal
+        would take the new owner's away. What arrived and was not read stays
+        in the socket for the new owner.
         """
-        q = self.queue
-        q.put(msg, nbytes)
-        while q.qsize() > 1 and (q.qsize() > self.max_queued or q.nbytes > self.max_queued_bytes):
-            _, n = q.popleft()
-            self.overflowed += 1
-            self.overflowed_bytes += n
-            if self.overflowed == 1:
-                log.warning(
-                    "%s queue full (%d unread messages, %d bytes); dropping the oldest",
-                    self.name,
-                    q.qsize(),
-                    q.nbytes,
-                )
+        self._unwatch()
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
+        TaskOwner.stop(self)
+        sock, self.socket = self.socket, None
+        self._zsock = None
+        self._outbox.clear()
+        return sock
+
+    def _unwatch(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(fd)
+
+    async def _park(self) -> None:
+        # The channel's task only marks it running (``is_alive``); the reader
+        # callback does the work. Cancelled by ``stop`` or by the loop's end.
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            self._unwatch()
+
+    #: Most messages taken in one wake-up before the rest of the loop gets a turn.
+    batch = 64
+    #: Longest an arrival is left unread while the link defers (seconds).
+    max_defer = 0.05
+    #: A message this large makes the channel read at once for the next second.
+    bulky_bytes = 64 * 1024
+    _bulky_until = 0.0
+
+    @property
+    def deferring(self) -> bool:
+        """Are arrivals being left unread for now (see :meth:`defer`)?"""
+        return self._deferred is not None
+
+    def defer(self, delay: float | None = None) -> None:
+        """Read what has arrived in ``delay`` seconds (default and at most
+        :attr:`max_defer`), not now.
+
+        The client defers iopub while a reply is awaited and nobody waits on
+        iopub: the reply then finds the loop free, and the statuses and
+        outputs nobody asked for are read after it, together. Whoever starts
+        to wait on this channel's messages (``get_msg``, a listener) calls
+        :meth:`resume` first.
+        """
+        assert self._loop is not None
+        delay = self.max_defer if delay is None else min(delay, self.max_defer)
+        if self._deferred is not None:
+            if self._deferred.when() <= self._loop.time() + delay:
+                return
+            self._deferred.cancel()
+        self._deferred = self._loop.call_later(delay, self.resume)
+
+    def resume(self) -> None:
+        """Read at once whatever was left unread (no-op when nothing was)."""
+        timer, self._deferred = self._deferred, None
+        if timer is not None:
+            timer.cancel()
+            self._drain()
+
+    def _on_events(self) -> None:
+        # Called by the loop when the socket's descriptor signals (and after
+        # sends, which may consume that signal: zmq's descriptor is
+        # edge-triggered, so everything waiting must be taken now).
+        sock = self._zsock
+        if sock is None:
+            return
+        if self.link.may_defer(self) and self._loop is not None:
+            if self._loop.time() < self._bulky_until:
+                # Large messages come now: unread they would wait in zmq's
+                # buffers, beyond the queue's byte bound. Read them.
+                self._drain()
+                return
+            # Take the signal without reading: zmq's descriptor stays quiet
+            # while unread messages wait, so this costs nothing until resume.
+            _events(sock)
+            if self._deferred is None:
+                self.defer()
+            return
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
+        self._drain()
+
+    def _drain(self) -> None:
+        sock = self._zsock
+        if sock is None:
+            return
+        try:
+            if self._outbox:
+                self._flush(sock)
+            for _ in range(self.batch):
+                if not _events(sock) & _POLLIN:
+                    return
+                self._handle(_recv_frames(sock))
+                if self._zsock is not sock:  # a hook stopped the channel
+                    return
+        except zmq.ZMQError as e:
+            if e.errno == zmq.ETERM or sock.closed:
+                self._unwatch()
+                return
+            log.warning("%s socket error: %s", self.name, e)
+        # A burst (or an error): let the rest of the loop run, then go on.
+        assert self._loop is not None
+        self._loop.call_soon(self._on_events)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        msg = self.link.session.feed(frames)
+        if msg is not None:
+            nbytes = sum(map(len, frames))
+            if nbytes > self.bulky_bytes and self._loop is not None:
+                self._bulky_until = self._loop.time() + 1.0
+            try:
+                self.link.deliver(self, msg, nbytes)
+            except Exception:  # a failing user hook must not stop the channel
+                log.exception("Error handling a %s message", self.name)
 
     def send(self, msg: Mapping[str, Any]) -> None:
         """Sign and send a message dict on this channel (started first if need be)."""
         self.ensure_started()
-        assert self.socket is not None
-        frames = self.link.session.serialize(msg)
+        self.send_frames(self.link.session.serialize(msg))
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        """Send signed frames on this channel, which must be running."""
+        sock = self._zsock
+        if sock is None:
+            raise NotRunningError(f"The {self.name} channel is not running")
         try:
             here = asyncio.get_running_loop()
         except RuntimeError:
             here = None
         if here is self._loop:
-            self.socket.send_multipart(frames)
+            self._send_frames(sock, frames)
         else:
             # Called outside the socket's loop (papermill calls kernel_info()
             # with no loop running): the socket is that loop's alone, so the
             # send goes out, in order, as soon as the loop runs.
             assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._send_frames, self.socket, frames)
+            self._loop.call_soon_threadsafe(self._send_frames, sock, frames)
 
-    @staticmethod
-    def _send_frames(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
-        if not sock.closed:
-            sock.send_multipart(frames)
+    def _send_frames(self, sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        if sock is not self._zsock:  # stopped (and maybe restarted) meanwhile
+            return
+        if self._outbox:
+            self._outbox.append(frames)  # behind those waiting, in order
+        else:
+            try:
+                _send_frames_now(sock, frames)
+            except zmq.Again:
+                self._outbox.append(frames)
+        # The send may have taken the descriptor's signal of an arrival.
+        if _events(sock) & _POLLIN and self._loop is not None:
+            self._loop.call_soon(self._on_events)
 
-    async def get_msg(self, timeout: float | None = None, *, block: bool = True) -> Message:
-        """The next queued message; :class:`queue.Empty` after ``timeout`` seconds.
-
-        A message already queued is returned even with ``timeout=0`` (or
-        ``block=False``, which is the same). A channel never started is started
-        first, as jupyter_client's are on first use. When the
-        kernel is known to be dead and nothing is queued, nothing more will
-        come, so this does not wait: with a ``timeout`` it raises
-        :class:`queue.Empty` at once (the jupyter_client idiom then asks
-        ``is_alive()``, and nbclient raises its DeadKernelError), without one
-        :class:`~kernelkeeper.errors.KernelDiedError`. A wait under way when
-        the kernel dies ends the same way; one under way when the channels
-        close raises :class:`~kernelkeeper.errors.NotRunningError`.
-        """
-        q = self.queue
-        if not block:
-            timeout = 0
-        if not q.empty():
-            return q.get_nowait()
-        try:
-            self.link.check_alive()
-            self.ensure_started()
-            if timeout is None:
-                return await q.get()
-            if timeout <= 0:
-                raise queue.Empty
-            return await asyncio.wait_for(q.get(), timeout)
-        except asyncio.TimeoutError:
-            raise queue.Empty from None
-        except KernelDiedError:
-            if timeout is None:
-                raise
-            raise queue.Empty from None
-
-    async def get_msgs(self) -> list[Message]:
-        """All queued messages, without waiting."""
-        out = []
-        while not self.queue.empty():
-            out.append(self.queue.get_nowait())
-        return out
-
-    async def msg_ready(self) -> bool:
-        """Is a message queued?"""
-        return not self.queue.empty()
+    def _flush(self, sock: zmq.Socket[bytes]) -> None:
+        box = self._outbox
+        while box and _events(sock) & _POLLOUT:
+            _send_frames_now(sock, box[0])
+            box.popleft()
 
 
 class HBChannel(TaskOwner):

@@ -43,7 +43,7 @@ from .liveness import DeathWatch, Liveness
 from .managerabc import KernelManagerABC
 from .protocol import KernelRequests
 from .readiness import wait_for_ready
-from .router import Router
+from .router import ReplySink, Router
 from .session import Message, Session
 
 __all__ = [
@@ -131,12 +131,14 @@ class AsyncKernelClient(KernelRequests, ExecutionMethods, KernelEndpoint):
             on_start=self._death_watch.start,
             on_beat=self.liveness.hb_beat,
             on_missed=lambda n: self.liveness.hb_missed(n, self.hb_channel.time_to_dead),
+            may_defer=self._may_defer,
         )
         self.shell_channel = self.shell_channel_class(self._link, "shell")
         self.iopub_channel = self.iopub_channel_class(self._link, "iopub")
         self.stdin_channel = self.stdin_channel_class(self._link, "stdin")
         self.control_channel = self.control_channel_class(self._link, "control")
         self.hb_channel = self.hb_channel_class(self._link)
+        self.router.on_listen = self.iopub_channel.resume
 
     def __repr__(self) -> str:
         state = "running" if self.channels_running else "stopped"
@@ -234,8 +236,28 @@ class AsyncKernelClient(KernelRequests, ExecutionMethods, KernelEndpoint):
         """Is any channel running?"""
         return any(ch.is_alive() for ch in self._socket_channels()) or self.hb_channel.is_alive()
 
+    def _may_defer(self, channel: Channel) -> bool:
+        # iopub may wait while a reply is awaited and nobody waits on iopub
+        # (no listener, no get_msg, no ready handshake): the reply then finds
+        # the loop, and the CPU, free. Read soon after the reply, or within
+        # ``Channel.max_defer`` at the latest.
+        router = self.router
+        return (
+            channel is self.iopub_channel
+            and router.awaiting > 0
+            and not router.listening
+            and not channel.queue.waiting
+            and self.iopub_confirmed.is_set()
+        )
+
     def _deliver(self, channel: Channel, msg: Message, nbytes: int = 0) -> None:
-        if channel.name == "iopub":
+        if channel.name in ("shell", "control"):
+            iopub = self.iopub_channel
+            if iopub.deferring:
+                # Read what waited right after the reply, once its waiter has
+                # had the loop (and, for a blocking caller, the GIL) for a moment.
+                iopub.defer(0.001)
+        elif channel.name == "iopub":
             self.iopub_confirmed.set()
             if msg["msg_type"] == "iopub_welcome":
                 return  # only proves the subscription; nothing for users
@@ -293,6 +315,30 @@ class AsyncKernelClient(KernelRequests, ExecutionMethods, KernelEndpoint):
                 return await sub.wait_reply(timeout)
 
         return wait()
+
+    def _request_to(
+        self, channel: str, msg_type: str, content: Mapping[str, Any], sink: ReplySink | None
+    ) -> str:
+        """Send a request now; its reply (or the failure) goes to ``sink``.
+
+        The blocking face's requests: on the loop, in one call, with no
+        coroutine, task or future between the reply and the waiting thread.
+        Returns the msg_id.
+        """
+        self.liveness.check()
+        ch = self._channel(channel)
+        msg = self.session.msg(msg_type, content)
+        msg_id: str = msg["msg_id"]
+        if sink is None:
+            ch.send(msg)
+            return msg_id
+        sub = self.router.subscribe(msg_id, sink=sink)
+        try:
+            ch.send(msg)
+        except BaseException:
+            sub.close()
+            raise
+        return msg_id
 
     # -- readiness ------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from .boundary import mapped, translate
 from .errors import LifecycleError
 from .loopthread import LoopThread
 
-__all__ = ["Face", "derive", "face_of", "mirror", "register", "unwrap"]
+__all__ = ["Face", "copy_meta", "derive", "face_of", "mirror", "register", "unwrap"]
 
 F = TypeVar("F", bound="type[Face]")
 
@@ -188,7 +188,7 @@ def _method(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def method(self: Face, /, *args: Any, **kwargs: Any) -> Any:
         return self._call(name, args, kwargs)
 
-    _copy_meta(method, fn)
+    copy_meta(method, fn)
     return method
 
 
@@ -199,7 +199,7 @@ def _classmethod(name: str, fn: Callable[..., Any]) -> Any:
         portal = kwargs.pop("portal", None) or default_portal()
         return call_on(portal, getattr(cls._async_cls, name), args, kwargs)
 
-    _copy_meta(method, fn, drop_first=True)
+    copy_meta(method, fn, drop_first=True)
     return classmethod(method)
 
 
@@ -214,7 +214,8 @@ def _property(name: str, prop: property) -> property:
     return property(get, set_ if prop.fset is not None else None, doc=prop.__doc__)
 
 
-def _copy_meta(dst: Callable[..., Any], src: Callable[..., Any], drop_first: bool = False) -> None:
+def copy_meta(dst: Callable[..., Any], src: Callable[..., Any], drop_first: bool = False) -> None:
+    """Give ``dst`` the name, docstring and signature of ``src``."""
     dst.__name__ = src.__name__
     dst.__qualname__ = src.__qualname__
     dst.__doc__ = src.__doc__

@@ -22,9 +22,52 @@ from typing import Any, TypeVar
 
 from .errors import KernelError, KernelTimeoutError, LifecycleError
 
-__all__ = ["LoopThread", "portal"]
+__all__ = ["Handoff", "LoopThread", "portal"]
 
 T = TypeVar("T")
+
+
+class Handoff:
+    """One result (or error) handed from the loop to one waiting thread.
+
+    What a blocking round trip needs of a ``concurrent.futures.Future`` and no
+    more: a bare lock the loop releases, no condition, no callbacks, no loop
+    hop. Set on the loop only (the first value wins); waited for in one
+    other thread.
+    """
+
+    __slots__ = ("_done", "_error", "_lock", "_value", "label")
+
+    def __init__(self, label: str = "") -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+        #: What is awaited (for error messages), set by whoever fills it.
+        self.label = label
+
+    def set_result(self, value: Any) -> None:
+        if not self._done:
+            self._done = True
+            self._value = value
+            self._lock.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self._done:
+            self._done = True
+            self._error = error
+            self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until set (True) or ``timeout`` seconds pass (False)."""
+        return self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout))
+
+    def result(self) -> Any:
+        """The value, or raise the error (once :meth:`wait` returned True)."""
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 class LoopThread:
@@ -87,6 +130,11 @@ class LoopThread:
         if not self.thread.is_alive() or self.loop.is_closed():
             # Nothing would ever run the work: fail instead of waiting forever.
             raise KernelError(f"The event-loop thread {self.thread.name!r} has stopped")
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Have the loop call ``fn(*args)`` soon (a plain call: no task, no future)."""
+        self._check_caller()
+        self.loop.call_soon_threadsafe(fn, *args)
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on the loop; a future for its result."""

@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import os
+import stat
 import time
 from typing import Any
 
@@ -216,7 +217,9 @@ class BindProbe:
 
     def __call__(self) -> bool:
         if self.info.transport == "ipc":
-            return all(os.path.exists(p) for p in self.info.ipc_paths())
+            # Sockets, not files: the ports were reserved with empty files,
+            # which the kernel's bind replaces.
+            return all(_is_socket(p) for p in self.info.ipc_paths())
         if self._calls % self.DESCENDANTS_EVERY == 0:
             try:
                 self._descendants = [
@@ -252,3 +255,10 @@ class BindProbe:
         if self._foreign_since is None:
             self._foreign_since = now
         return now - self._foreign_since >= self.FOREIGN_STEADY
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False

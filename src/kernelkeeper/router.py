@@ -1,7 +1,8 @@
 """Per-request subscriptions by msg_id, and the one place pending waits fail.
 
 Whoever sends a request and wants something back subscribes to its msg_id:
-the shell/control reply (a future), the iopub and stdin messages it causes
+the shell/control reply (a future, or a :class:`ReplySink` a waiting thread
+holds: the blocking face's one-crossing requests), the iopub and stdin messages it causes
 (a listener), the end of an execution (a future the listener resolves).
 Everything no subscription claims goes to the channel's queue, where
 jupyter_client-style code reads it with ``get_msg``.
@@ -21,14 +22,27 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import KernelTimeoutError
 from .session import Message
 
-__all__ = ["Listener", "Router", "Subscription"]
+__all__ = ["Listener", "ReplySink", "Router", "Subscription"]
 
 Listener = Callable[[Message], None]
+
+
+class ReplySink(Protocol):
+    """Takes one reply or one error (the first call wins), on the loop."""
+
+    def set_result(self, msg: Message) -> None: ...
+
+    def set_exception(self, error: BaseException) -> None: ...
+
+
+def _expire(fut: asyncio.Future[Message], msg_id: str, timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(KernelTimeoutError(f"No reply to {msg_id} within {timeout} s"))
 
 
 def _is_idle(msg: Message) -> bool:
@@ -47,17 +61,23 @@ class Subscription:
         listener: Listener | None,
         end: asyncio.Future[Any] | None,
         mute: bool,
+        sink: ReplySink | None = None,
     ) -> None:
         self.router = router
         self.msg_id = msg_id
         self.reply: asyncio.Future[Message] | None = (
-            asyncio.get_running_loop().create_future() if reply else None
+            asyncio.get_running_loop().create_future() if reply and sink is None else None
         )
+        #: Gets the reply instead of ``reply`` (then the subscription closes itself).
+        self.sink = sink
         self.listener = listener
         self.end = end
         self.mute = mute
         #: A muted probe's idle status went by: nothing more of it will come.
         self.idle_seen = False
+        # Counted by the router while open (set by ``Router.subscribe``).
+        self.awaits = False
+        self.listens = False
 
     def __repr__(self) -> str:
         return f"<Subscription {self.msg_id}>"
@@ -74,12 +94,19 @@ class Subscription:
 
     async def wait_reply(self, timeout: float | None) -> Message:
         """The reply; :class:`KernelTimeoutError` after ``timeout`` seconds."""
-        assert self.reply is not None, "subscribed without reply=True"
+        fut = self.reply
+        assert fut is not None, "subscribed without reply=True"
+        if timeout is None or fut.done():
+            return await fut
+        # A timer that fails the future, rather than wait_for and shield: the
+        # future is this wait's alone, and this is on every request's path.
+        timer = asyncio.get_running_loop().call_later(
+            max(0.0, timeout), _expire, fut, self.msg_id, timeout
+        )
         try:
-            # shield: a timeout must not cancel the future the router resolves.
-            return await asyncio.wait_for(asyncio.shield(self.reply), timeout)
-        except asyncio.TimeoutError:
-            raise KernelTimeoutError(f"No reply to {self.msg_id} within {timeout} s") from None
+            return await fut
+        finally:
+            timer.cancel()
 
 
 class Router:
@@ -91,13 +118,24 @@ class Router:
     def __init__(self) -> None:
         self._subs: dict[str, Subscription] = {}
         self._muted: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: Open subscriptions that await a reply (a future or a sink).
+        self.awaiting = 0
+        #: Open subscriptions that take iopub/stdin messages (a listener, or muted).
+        self.listening = 0
+        #: Called when a subscription that takes iopub messages opens.
+        self.on_listen: Callable[[], None] = lambda: None
 
     @property
-    def replies(self) -> dict[str, asyncio.Future[Message]]:
-        """The reply futures still pending, by msg_id (a snapshot)."""
-        return {
-            k: s.reply for k, s in self._subs.items() if s.reply is not None and not s.reply.done()
-        }
+    def replies(self) -> dict[str, asyncio.Future[Message] | ReplySink]:
+        """The replies still pending, by msg_id (a snapshot): futures, and the
+        sinks of blocking callers."""
+        out: dict[str, asyncio.Future[Message] | ReplySink] = {}
+        for k, s in self._subs.items():
+            if s.sink is not None:
+                out[k] = s.sink
+            elif s.reply is not None and not s.reply.done():
+                out[k] = s.reply
+        return out
 
     def subscribe(
         self,
@@ -107,19 +145,44 @@ class Router:
         listener: Listener | None = None,
         end: asyncio.Future[Any] | None = None,
         mute: bool = False,
+        sink: ReplySink | None = None,
     ) -> Subscription:
         """Subscribe to what ``msg_id`` causes (call before sending it).
 
         ``end`` (optional) is a future the listener resolves itself; it is
-        failed with the reply by :meth:`fail_all`.
+        failed with the reply by :meth:`fail_all`. A ``sink`` takes the reply
+        (or the failure) in place of a future, and the subscription closes
+        when it has it.
         """
-        sub = Subscription(self, msg_id, reply=reply, listener=listener, end=end, mute=mute)
+        sub = Subscription(
+            self, msg_id, reply=reply, listener=listener, end=end, mute=mute, sink=sink
+        )
+        old = self._subs.get(msg_id)
+        if old is not None:  # replaced: no longer counted
+            self.awaiting -= old.awaits
+            self.listening -= old.listens
         self._subs[msg_id] = sub
+        sub.awaits = reply or sink is not None
+        sub.listens = listener is not None or mute
+        self.awaiting += sub.awaits
+        self.listening += sub.listens
+        if sub.listens:
+            self.on_listen()
         return sub
+
+    def withdraw(self, msg_id: str, sink: ReplySink) -> None:
+        """Close ``msg_id``'s subscription if ``sink`` still waits on it (its
+        caller gave up: a timeout, Ctrl-C)."""
+        sub = self._subs.get(msg_id)
+        if sub is not None and sub.sink is sink:
+            sub.sink = None
+            self._close(sub)
 
     def _close(self, sub: Subscription) -> None:
         if self._subs.get(sub.msg_id) is sub:
             del self._subs[sub.msg_id]
+            self.awaiting -= sub.awaits
+            self.listening -= sub.listens
         if sub.mute and not sub.idle_seen:
             # Its statuses may still be in flight: keep them out of the queue.
             self._muted[sub.msg_id] = None
@@ -133,7 +196,14 @@ class Router:
             return False
         sub = self._subs.get(parent)
         if channel in ("shell", "control"):
-            if sub is None or sub.reply is None:
+            if sub is None:
+                return False
+            if sub.sink is not None:
+                sink, sub.sink = sub.sink, None
+                self._close(sub)
+                sink.set_result(msg)
+                return True
+            if sub.reply is None:
                 return False
             if not sub.reply.done():
                 sub.reply.set_result(msg)
@@ -161,6 +231,12 @@ class Router:
         self._muted.clear()  # a dead kernel or closed channels: no more statuses
         pending = [f for s in self._subs.values() for f in (s.reply, s.end) if f is not None]
         failed = 0
+        for sub in [s for s in self._subs.values() if s.sink is not None]:
+            sink, sub.sink = sub.sink, None
+            self._close(sub)
+            assert sink is not None
+            sink.set_exception(make_error())
+            failed += 1
         for fut in pending:
             if not fut.done():
                 fut.set_exception(make_error())
