@@ -14,7 +14,9 @@ alternate between the two where they can (kk, KG, then KG, kk, ...):
 
 * ``start``: POST /api/kernels until the first kernel_info_reply on a new
   WebSocket to the kernel; and the same on a kernelkeeper gateway with a warm
-  pool (``--pool python3=2``), where the kernel is taken from the pool.
+  pool (``--pool python3=2``), where the kernel is taken from the pool. Our
+  gateway runs with its defaults, so its kernels are forked from a fork-server
+  template (``--kk-arg=--no-fork-server`` measures spawned kernels instead).
 * ``roundtrip``: execute ``1+1`` over the WebSocket until its execute_reply,
   on one kernel per gateway; in the same rotation a direct kernelkeeper client
   (``AsyncKernelClient`` on the kernel's connection file) to the kernel behind
@@ -150,7 +152,11 @@ class Client:
         """A WebSocket on which the kernel has answered kernel_info."""
         ws = await self.ws(kernel_id)
         msg_id = await ws.send("kernel_info_request", {})
-        await ws.wait_for_type(msg_id, "kernel_info_reply", TIMEOUT)
+        try:
+            await ws.wait_for_type(msg_id, "kernel_info_reply", TIMEOUT)
+        except TimeoutError as e:
+            await ws.close()
+            raise TimeoutError(f"{self.gw.kind}: {e}") from None
         return ws
 
     async def start_to_reply(self) -> tuple[float, str]:
@@ -378,6 +384,7 @@ async def idle_rss(c: Client, n: int) -> tuple[float, float]:
 async def bench_idle(run: Run, kk: Client, kg: Client) -> None:
     n = run.params.idle
     kk0, kkn = await idle_rss(kk, n)
+    log(f"idle RSS: kk {kk0:.1f} → {kkn:.1f} MiB")  # kept if KG's part fails
     kg0, kgn = await idle_rss(kg, n)
     log(f"idle RSS: kk {kk0:.1f} → {kkn:.1f} MiB, kg {kg0:.1f} → {kgn:.1f} MiB")
     run.samples["idle"] = {"kk": [kk0, kkn], "kg": [kg0, kgn]}
@@ -419,18 +426,20 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-async def run_all(run: Run, only: list[str], tmp: Path) -> list[str]:
+async def run_all(run: Run, only: list[str], tmp: Path, kk_args: list[str]) -> list[str]:
     gateways: list[Gateway] = []
     leftovers: list[str] = []
     try:
         log("starting the gateways")
-        kk_gw = start_gateway("kernelkeeper", tmp / "kk")
+        kk_gw = start_gateway("kernelkeeper", tmp / "kk", extra_args=kk_args)
         gateways.append(kk_gw)
         kg_gw = start_gateway("kernel_gateway", tmp / "kg")
         gateways.append(kg_gw)
         pool_gw = None
         if "start" in only:
-            pool_gw = start_gateway("kernelkeeper", tmp / "kk-pool", pool={KERNEL: run.params.pool})
+            pool_gw = start_gateway(
+                "kernelkeeper", tmp / "kk-pool", pool={KERNEL: run.params.pool}, extra_args=kk_args
+            )
             gateways.append(pool_gw)
         timeout = aiohttp.ClientTimeout(total=TIMEOUT * 3)
         async with aiohttp.ClientSession(timeout=timeout) as http:
@@ -463,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the raw samples here")
     ap.add_argument("--starts", type=int, default=None, help="timed starts per gateway")
     ap.add_argument("--calls", type=int, default=None, help="round trips per gateway")
+    ap.add_argument(
+        "--kk-arg",
+        action="append",
+        default=[],
+        help="an extra argument for the kernelkeeper gateways (repeatable)",
+    )
     args = ap.parse_args(argv)
     only = [w.strip() for w in args.only.split(",") if w.strip()]
     unknown = sorted(set(only) - set(WORKLOADS))
@@ -476,9 +491,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="kkgwbench-") as tmp:
         os.environ.setdefault("IPYTHONDIR", os.path.join(tmp, "ipython"))
-        leftovers = asyncio.run(run_all(run, only, Path(tmp)))
+        leftovers = asyncio.run(run_all(run, only, Path(tmp), args.kk_arg))
     print("\n".join(machine()))
-    print(f"- parameters: {json.dumps(vars(run.params))}; {time.monotonic() - t0:.0f} s\n")
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    kk = " ".join(args.kk_arg) or "defaults (fork server on)"
+    print(f"- parameters: {json.dumps(vars(run.params))}; kk gateway: {kk}; "
+          f"{time.monotonic() - t0:.0f} s; load average at the end {load}\n")  # fmt: skip
     print(table(run.rows))
     print()
     for err in run.errors:

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ import psutil
 GATEWAY_KINDS = ("kernelkeeper", "kernel_gateway")
 GATEWAY_ENV = "KK_TEST_GATEWAY"
 
+#: The script a fork-server template runs (kernelkeeper.forkserver).
+TEMPLATE_SCRIPT = "_forkserver_template.py"
 START_TIMEOUT = 90.0  # generous: imports are slow on 2 busy cores
 STOP_TIMEOUT = 30.0  # SIGTERM to every process gone (a gateway ends its kernels first)
 
@@ -287,6 +290,43 @@ class Gateway:
         report = self.server.stop()
         report += [f"file left by {self.kind}: {f}" for f in self.kernel_files()]
         return report
+
+    def templates(self) -> list[psutil.Process]:
+        """The gateway's fork-server templates (kernelkeeper's, fork server on)."""
+        out = []
+        for p in self.server.descendants():
+            with contextlib.suppress(psutil.Error):
+                if any(a.endswith(TEMPLATE_SCRIPT) for a in p.cmdline()):
+                    out.append(p)
+        return out
+
+    def kernel_processes(self) -> list[psutil.Process]:
+        """The gateway's descendants but its fork-server templates: its kernels."""
+        templates = {p.pid for p in self.templates()}
+        return [p for p in self.server.descendants() if p.pid not in templates]
+
+    def warm_fork_server(self, timeout: float = START_TIMEOUT) -> None:
+        """Start and delete one kernel, then wait until the template it brings up
+        runs, so that a long-lived gateway's template predates the tests using it
+        (and their leak checks). Nothing to do for Kernel Gateway."""
+        if self.kind != "kernelkeeper" or self.templates():
+            return
+        headers = {**self.headers(), "Content-Type": "application/json"}
+        post = urllib.request.Request(
+            f"{self.url}/api/kernels", data=b"{}", headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(post, timeout=timeout) as r:
+            kernel_id = json.loads(r.read())["id"]
+        delete = urllib.request.Request(
+            f"{self.url}/api/kernels/{kernel_id}", headers=headers, method="DELETE"
+        )
+        with urllib.request.urlopen(delete, timeout=timeout):
+            pass
+        deadline = time.monotonic() + timeout
+        while not self.templates():
+            if time.monotonic() > deadline:
+                return  # started with --no-fork-server, or the template failed: spawns
+            time.sleep(0.05)
 
 
 def start_gateway(

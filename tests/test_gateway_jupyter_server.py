@@ -48,6 +48,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The gateway under test, and jupyter_server in gateway mode in front of it."""
     gateway = start_gateway(gateway_kind(), tmp_path_factory.mktemp("gw-rt"))
     try:
+        gateway.warm_fork_server()
         server = start_jupyter_server(
             gateway,
             tmp_path_factory.mktemp("js-root"),
@@ -70,7 +71,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 def kernel_pids(gateway: Gateway) -> set[int]:
-    return {p.pid for p in gateway.server.descendants()}
+    return {p.pid for p in gateway.kernel_processes()}
 
 
 async def gateway_kernel_ids(http: aiohttp.ClientSession, gateway: Gateway) -> set[str]:

@@ -19,6 +19,7 @@ from gwhelpers import AUTH, TOKEN, WsKernel, config, running, start_kernel
 from helpers import wait_gone
 from kernelkeeper.errors import ConfigurationError
 from kernelkeeper.gateway import Gateway, GatewayConfig, main
+from kernelkeeper.gateway_core import failure_reason
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -321,13 +322,43 @@ async def test_pool_serves_post(gw: Gateway, http: aiohttp.ClientSession) -> Non
     assert pool.hits == 1
     assert gw.mkm.get_kernel(kid).process is not None
     assert gw.mkm.get_kernel(kid).process.pid == pid  # type: ignore[union-attr]
+    # The WebSocket runs on the pooled kernel's own sockets: shell, iopub,
+    # stdin and control all work through them.
     kc = await WsKernel.connect(http, gw, kid)
     out, _ = await kc.execute("print(6*7)")
     assert out == "42\n"
+    mid = await kc.send("execute_request", {"code": "print(input() * 2)", "allow_stdin": True})
+    await kc.until(lambda d: d["msg_type"] == "input_request")
+    await kc.send("input_reply", {"value": "ab"}, channel="stdin")
+    assert (await kc.collect(mid))[0] == "abab\n"
+    mid = await kc.send("kernel_info_request", {}, channel="control")
+    await kc.until(lambda d: d["msg_type"] == "kernel_info_reply" and d["channel"] == "control")
     await kc.close()
+    # A second session of the same kernel gets sockets of its own.
+    other = await WsKernel.connect(http, gw, kid)
+    assert (await other.execute("print(7)"))[0] == "7\n"
+    await other.close()
     # A request with its own variables cannot be served from the pool.
     await start_kernel(http, gw, env={"KERNEL_X": "1"})
     assert pool.hits == 1 and pool.misses >= 1
+
+
+@pytest.mark.parametrize("gw", [{"pools": {"python3": 1}}], indirect=True)
+async def test_metrics_show_pool_readiness(gw: Gateway, http: aiohttp.ClientSession) -> None:
+    await gw.pools["python3"].wait_filled(timeout=120)
+    text = await (await http.get(gw.url + "metrics")).text()
+    assert 'kernelkeeper_pool_kernels{kernel_name="python3",state="ready"} 1' in text
+    assert 'kernelkeeper_pool_kernels{kernel_name="python3",state="starting"} 0' in text
+    assert 'kernelkeeper_pool_target_kernels{kernel_name="python3"} 1' in text
+    assert "# TYPE kernelkeeper_pool_kernels gauge" in text
+
+
+def test_failure_reason_says_why() -> None:
+    assert failure_reason({"reason": "died", "signal": 9, "exit_code": -9}) == "died (signal 9)"
+    assert failure_reason({"reason": "died", "exit_code": 1}) == "died (exit code 1)"
+    hung = {"reason": "hung", "exit_code": None, "missed_heartbeats": 3, "why": "limit reached"}
+    assert failure_reason(hung) == "hung (3 missed heartbeats): limit reached"
+    assert failure_reason({}) == "failed"
 
 
 async def test_sessions_crud(gw: Gateway, http: aiohttp.ClientSession) -> None:

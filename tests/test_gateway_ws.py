@@ -103,6 +103,25 @@ async def test_stdin_reaches_the_session(gw: Gateway, http: aiohttp.ClientSessio
     await kc.close()
 
 
+async def test_control_channel_answers_each_session(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    # A session's control socket is opened on its first control message.
+    kid = await start_kernel(http, gw)
+    first = await WsKernel.connect(http, gw, kid)
+    second = await WsKernel.connect(http, gw, kid)
+    for kc in (first, second, first):
+        mid = await kc.send("kernel_info_request", {}, channel="control")
+
+        def answers(d: dict[str, Any], mid: str = mid) -> bool:
+            return d["parent_header"].get("msg_id") == mid and d["msg_type"] == "kernel_info_reply"
+
+        reply = await kc.until(answers)
+        assert reply["channel"] == "control"
+    await first.close()
+    await second.close()
+
+
 async def test_connections_are_counted(gw: Gateway, http: aiohttp.ClientSession) -> None:
     kid = await start_kernel(http, gw)
 
@@ -226,9 +245,11 @@ async def test_automatic_restart_is_announced_and_socket_keeps_working(
     kc = await WsKernel.connect(http, gw, kid)
     pid = gw.mkm.get_kernel(kid).process.pid  # type: ignore[union-attr]
     os.kill(pid, signal.SIGKILL)
-    await kc.until(
+    status = await kc.until(
         lambda d: d["msg_type"] == "status" and d["content"]["execution_state"] == "restarting"
     )
+    # Why, as the supervisor saw it: SIGKILL is signal 9; the first of its restarts.
+    assert status["content"]["reason"].startswith("died (signal 9): restart 1 of ")
     out, _ = await kc.execute("print('back')")
     assert out == "back\n"
     assert gw.mkm.get_kernel(kid).process.pid != pid  # type: ignore[union-attr]

@@ -8,7 +8,8 @@ In-process::
 
 From a shell: ``python -m kernelkeeper.gateway [--ip 127.0.0.1] [--port 8888]
 [--token T | --token-file F] [--base-url /] [--pool NAME=N ...] [--max-kernels N]
-[--cull-idle-timeout S] [--allow-origin O] [--allow-unauthenticated-remote]``.
+[--cull-idle-timeout S] [--allow-origin O] [--allow-unauthenticated-remote]
+[--no-fork-server]``.
 It prints ``kernelkeeper gateway listening on http://HOST:PORT/BASE`` to
 stderr once it listens, and ends every kernel on SIGTERM or SIGINT.
 
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from . import forkserver
 from .errors import ConfigurationError
 from .gateway_auth import auth_middleware
 from .gateway_core import GatewayConfig, GatewayCore
@@ -134,6 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-env", action="append", default=[], metavar="NAME")
     p.add_argument("--working-dir-root", default=None, metavar="DIR")
     p.add_argument("--allow-unauthenticated-remote", action="store_true")
+    p.add_argument(
+        "--fork-server",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fork Python kernels from a template that has imported ipykernel (default on)",
+    )
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -172,6 +180,7 @@ def config_from_args(argv: Sequence[str]) -> GatewayConfig:
         allowed_envs=frozenset(args.allow_env),
         working_dir_root=args.working_dir_root,
         allow_unauthenticated_remote=args.allow_unauthenticated_remote,
+        fork_server=args.fork_server,
     )
 
 
@@ -188,6 +197,9 @@ async def serve(config: GatewayConfig) -> None:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        # The kernels are gone: end the fork-server templates now rather than
+        # when they notice that we exited.
+        await asyncio.to_thread(forkserver.shutdown_templates)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

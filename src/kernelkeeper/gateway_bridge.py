@@ -2,9 +2,10 @@
 
 A :class:`KernelBridge` holds one iopub SUB socket per kernel (its messages
 fan out to every WebSocket of the kernel) and, per client ``session_id``, a
-:class:`ClientSession`: shell, control and stdin DEALER sockets whose zmq
-identity is the session id (the kernel routes a session's replies and
-``input_request`` by it). A session outlives its WebSockets: a new socket
+:class:`ClientSession` (:mod:`kernelkeeper.gateway_session`): shell, stdin
+and, once used, control DEALER sockets that share a zmq identity of their own
+(the kernel routes a session's replies and ``input_request`` by it). A
+session outlives its WebSockets: a new socket
 with the same session_id takes the session over, and while a session has
 no socket its messages are buffered (bounded by bytes and by age) and
 replayed to the next one. A session left alone longer than that is closed.
@@ -17,6 +18,13 @@ answers) reached our SUB socket, and the probe was answered. After a restart
 back, and sent once the new process is confirmed to reach our SUB socket,
 so the first cell after a restart cannot lose its output.
 
+A bridge made for a new kernel (:meth:`GatewayCore.prepare_bridge
+<kernelkeeper.gateway_core.GatewayCore.prepare_bridge>`) instead *adopts* the
+sockets of a client that was just proven ready (a warm pool's, or one probed
+while the POST is answered): it is live at once, and its first session uses
+that client's connected dealers, so the WebSocket's first request waits for
+no connection. Its own probe sockets are made on the first restart.
+
 Messages are passed as *parts* (see :mod:`kernelkeeper.gateway_wire`); the
 kernel's signature is checked on every message we receive, and the
 client's messages are signed with the kernel's key.
@@ -25,15 +33,12 @@ client's messages are signed with the kernel's key.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import dataclasses
-import hmac
 import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -41,6 +46,16 @@ import zmq.asyncio
 from .connection import ConnectionInfo
 from .curve import configure_client
 from .errors import KernelTimeoutError
+from .gateway_session import (
+    BridgeLimits,
+    BridgeStats,
+    ClientSession,
+    SignedReceiver,
+    Sink,
+    is_output,
+    log_send_failure,
+    take_sockets,
+)
 from .gateway_wire import message_parts
 from .session import DELIM, Session
 
@@ -53,12 +68,10 @@ __all__ = [
     "KernelBridge",
     "Sink",
     "is_output",
+    "take_sockets",
 ]
 
 log = logging.getLogger("kernelkeeper.gateway")
-
-_DEALERS = ("shell", "control", "stdin")
-_YIELD_EVERY = 8
 
 #: WebSocket close codes: a newer socket with the same session_id took over...
 CLOSE_REPLACED = 4000
@@ -68,156 +81,7 @@ CLOSE_KERNEL_GONE = 4004
 CLOSE_GOING_AWAY = 1001
 
 
-class Sink(Protocol):
-    """Where a session's messages go while a WebSocket is attached."""
-
-    def deliver(self, channel: str, parts: list[bytes]) -> None: ...
-
-    def close_after_drain(self, code: int, message: str) -> None: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class BridgeLimits:
-    """:param replay_bytes: most bytes buffered per session while it has no socket.
-    :param replay_age: seconds buffered messages (and a session with no socket) are kept.
-    :param ready_timeout: seconds a WebSocket upgrade (or a restart's resume) waits
-        for the kernel to answer.
-    :param probe_interval: seconds between readiness probes."""
-
-    replay_bytes: int = 32 << 20
-    replay_age: float = 120.0
-    ready_timeout: float = 60.0
-    probe_interval: float = 0.25
-
-
-@dataclasses.dataclass
-class BridgeStats:
-    """Counters the gateway exports."""
-
-    replayed: int = 0
-    replay_dropped: int = 0
-    bad_signatures: int = 0
-
-
-def _split(frames: list[bytes]) -> list[bytes] | None:
-    """``[signature, header, parent, metadata, content, *buffers]`` after the
-    identities, or None if there is no delimiter."""
-    try:
-        i = frames.index(DELIM)
-    except ValueError:
-        return None
-    rest = frames[i + 1 :]
-    return rest if len(rest) >= 5 else None
-
-
-def is_output(channel: str, parts: list[bytes]) -> bool:
-    """Is this a message a client can lose without waiting forever (iopub output)?"""
-    return channel == "iopub" and b'"status"' not in parts[0]
-
-
-def _log_send_failure(fut: Any) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.warning("gateway send to a kernel failed: %s", fut.exception())
-
-
-class ClientSession:
-    """The zmq sockets of one client session_id, and its replay buffer."""
-
-    def __init__(self, bridge: KernelBridge, session_id: str) -> None:
-        self.session_id = session_id
-        self.sink: Sink | None = None
-        self.sockets: dict[str, zmq.asyncio.Socket] = {}
-        self.tasks: list[asyncio.Task[None]] = []
-        self._bridge = bridge
-        self._buffer: collections.deque[tuple[float, str, list[bytes], int]] = collections.deque()
-        self._buffered = 0
-        self._expiry: asyncio.TimerHandle | None = None
-
-    def open(self, context: zmq.asyncio.Context, info: ConnectionInfo) -> None:
-        identity = self.session_id.encode("utf-8")
-        loop = asyncio.get_running_loop()
-        for channel in _DEALERS:
-            sock = context.socket(zmq.DEALER)
-            sock.linger = 0
-            sock.setsockopt(zmq.IDENTITY, identity)
-            sock.setsockopt(zmq.RECONNECT_IVL, 10)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
-            configure_client(sock, info)
-            sock.connect(info.url(channel))
-            self.sockets[channel] = sock
-            self.tasks.append(
-                loop.create_task(self._bridge.receive(sock, channel, self.deliver), name="kk-gw-rx")
-            )
-
-    def deliver(self, channel: str, parts: list[bytes]) -> None:
-        sink = self.sink
-        if sink is not None:
-            sink.deliver(channel, parts)
-            return
-        now = time.monotonic()
-        size = sum(len(p) for p in parts)
-        self._buffer.append((now, channel, parts, size))
-        self._buffered += size
-        self._trim(now)
-
-    def _trim(self, now: float) -> None:
-        """Keep the buffer within its bounds: messages past the age go; over the byte
-        bound the oldest *output* goes first (iopub other than status). Replies and
-        statuses are the last to go: a client that lost its reply waits forever, and
-        under load a reply can be queued before output that was published earlier."""
-        limits, stats = self._bridge.limits, self._bridge.stats
-        buf = self._buffer
-        while buf and now - buf[0][0] > limits.replay_age:
-            self._buffered -= buf.popleft()[3]
-            stats.replay_dropped += 1
-        while self._buffered > limits.replay_bytes and buf:
-            victim = next((i for i, (_, ch, parts, _) in enumerate(buf) if is_output(ch, parts)), 0)
-            size = buf[victim][3]
-            del buf[victim]
-            self._buffered -= size
-            stats.replay_dropped += 1
-
-    def attach(self, sink: Sink) -> Sink | None:
-        """Make ``sink`` this session's socket; replays what was buffered into it first.
-        Returns the socket it replaces, if any."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        self._trim(time.monotonic())
-        old, self.sink = self.sink, sink
-        while self._buffer:
-            _, channel, parts, size = self._buffer.popleft()
-            self._buffered -= size
-            self._bridge.stats.replayed += 1
-            sink.deliver(channel, parts)
-        return old
-
-    def detach(self, sink: Sink) -> None:
-        """``sink`` is gone: buffer from now on; close the session if nobody comes back."""
-        if self.sink is not sink:
-            return  # already replaced by a newer socket
-        self.sink = None
-        if self._bridge.closed:
-            return
-        loop = asyncio.get_running_loop()
-        self._expiry = loop.call_later(
-            self._bridge.limits.replay_age, self._bridge.expire, self.session_id
-        )
-
-    def close(self) -> list[asyncio.Task[None]]:
-        """Close the sockets; returns the cancelled tasks for the caller to await."""
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        for task in self.tasks:
-            task.cancel()
-        for sock in self.sockets.values():
-            sock.close()
-        tasks, self.tasks, self.sockets = self.tasks, [], {}
-        return tasks
-
-
-class KernelBridge:
+class KernelBridge(SignedReceiver):
     """The gateway's zmq sockets to one kernel, shared by all its WebSockets."""
 
     def __init__(
@@ -226,7 +90,13 @@ class KernelBridge:
         info: ConnectionInfo,
         limits: BridgeLimits | None = None,
         context: zmq.asyncio.Context | None = None,
+        adopted: dict[str, zmq.asyncio.Socket] | None = None,
+        adopted_session: str | None = None,
     ) -> None:
+        """``adopted``: the connected sockets of a client proven ready (see
+        :func:`take_sockets`); the bridge is live at once and its first session
+        uses the dealers. ``adopted_session``: that client's session id (the
+        statuses of its own requests are not the clients' business)."""
         self.kernel_id = kernel_id
         self.limits = limits or BridgeLimits()
         self.stats = BridgeStats()
@@ -236,6 +106,7 @@ class KernelBridge:
         self._session = Session(info.key, info.signature_scheme)
         # The probe's own session id: a parent header naming it is a probe's.
         self._probe_mark = self._session.session.encode("ascii")
+        self._adopted_mark = adopted_session.encode("ascii") if adopted_session else None
         self._live = asyncio.Event()
         self._probe_replied = False
         self._probe_seen = False
@@ -246,22 +117,49 @@ class KernelBridge:
         self._probe_task: asyncio.Task[None] | None = None
         self._probe_deadline = 0.0
         self._closed = False
-        loop = asyncio.get_running_loop()
+        adopted = dict(adopted or {})
+        iopub = adopted.pop("iopub", None)
+        # Control is opened when a session first uses it (few do; see ClientSession).
+        control = adopted.pop("control", None)
+        if control is not None:
+            control.close()
+        #: Connected dealers for the first session (those of an adopted client).
+        self._spare: dict[str, zmq.asyncio.Socket] | None = (
+            adopted if set(adopted) == {"shell", "stdin"} else None
+        )
+        for sock in adopted.values() if self._spare is None else ():
+            sock.close()
         # No high-water mark on our side of iopub: with one, zmq drops messages when
         # we fall behind a flood, and a lost idle status leaves a client waiting
         # forever. What we hold per client is bounded by the WebSocket send queues.
-        self._iopub = self._socket(zmq.SUB, "iopub", rcvhwm=0)
-        self._iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        # (libzmq applies a changed high-water mark to connected pipes too.)
+        if iopub is None:
+            self._iopub = self._socket(zmq.SUB, "iopub", rcvhwm=0)
+            self._iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        else:
+            # A client proven ready on these very sockets: its subscription is live.
+            self._iopub = iopub
+            self._iopub.setsockopt(zmq.RCVHWM, 0)
+            self._probe_seen = self._probe_replied = True
+            self._live.set()
+        loop = asyncio.get_running_loop()
         self._tasks.append(
             loop.create_task(self.receive(self._iopub, "iopub", self._fan_out), name="kk-gw-iopub")
         )
+        # Made on the first probe (most kernels are never restarted).
+        self._probes: list[zmq.asyncio.Socket] = []
+
+    def _probe_sockets(self) -> list[zmq.asyncio.Socket]:
         # Probes go to control (which a busy ipykernel still answers) and to shell
         # (which every kernel answers), as jupyter_server's nudge does.
-        self._probes = [self._socket(zmq.DEALER, ch) for ch in ("control", "shell")]
-        for sock, ch in zip(self._probes, ("control", "shell"), strict=True):
-            self._tasks.append(
-                loop.create_task(self.receive(sock, ch, self._on_probe_reply), name="kk-gw-rx")
-            )
+        if not self._probes and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._probes = [self._socket(zmq.DEALER, ch) for ch in ("control", "shell")]
+            for sock, ch in zip(self._probes, ("control", "shell"), strict=True):
+                self._tasks.append(
+                    loop.create_task(self.receive(sock, ch, self._on_probe_reply), name="kk-gw-rx")
+                )
+        return self._probes
 
     def _socket(self, kind: int, channel: str, rcvhwm: int | None = None) -> zmq.asyncio.Socket:
         sock = self._context.socket(kind)
@@ -281,44 +179,6 @@ class KernelBridge:
 
     # -- receiving ------------------------------------------------------------
 
-    async def receive(
-        self, sock: zmq.asyncio.Socket, channel: str, deliver: Callable[[str, list[bytes]], None]
-    ) -> None:
-        """Receive on ``sock`` until it is closed; pass verified messages to ``deliver``."""
-        received = 0
-        while True:
-            try:
-                frames = await sock.recv_multipart(copy=True)
-            except zmq.ZMQError as e:
-                if e.errno == zmq.ETERM or sock.closed:
-                    return
-                log.warning("gateway socket error on %s: %s", channel, e)
-                continue
-            self._dispatch(frames, channel, deliver)
-            received += 1
-            if received % _YIELD_EVERY == 0:
-                # A receive that finds a message waiting completes without giving the
-                # loop a turn: under a flood of output the WebSocket writers would
-                # never run. Not a delay: just a turn for the other tasks.
-                await asyncio.sleep(0)
-
-    def _dispatch(
-        self, frames: list[bytes], channel: str, deliver: Callable[[str, list[bytes]], None]
-    ) -> None:
-        rest = _split(frames)
-        if rest is None or not self._verified(rest):
-            self.stats.bad_signatures += 1
-            return
-        try:
-            deliver(channel, rest[1:])
-        except Exception:  # one bad sink must not end the receive loop
-            log.exception("delivering a %s message failed", channel)
-
-    def _verified(self, rest: list[bytes]) -> bool:
-        if not self._session.key:
-            return True
-        return hmac.compare_digest(rest[0], self._session.sign(rest[1:5]))
-
     def _fan_out(self, channel: str, parts: list[bytes]) -> None:
         header, parent = parts[0], parts[1]
         if b'"iopub_welcome"' in header:
@@ -330,6 +190,8 @@ class KernelBridge:
                 self._probe_seen = True
                 self._check_live()
             return  # a readiness probe's status
+        if self._adopted_mark is not None and self._adopted_mark in parent:
+            return  # the adopted client's own probe (or a pool's hand-over)
         for cs in list(self.sessions.values()):
             cs.deliver(channel, parts)
 
@@ -398,7 +260,7 @@ class KernelBridge:
                 raise KernelTimeoutError(
                     f"Kernel {self.kernel_id} did not answer within {self.limits.ready_timeout:g} s"
                 )
-            for sock in self._probes:
+            for sock in self._probe_sockets():
                 msg = self._session.msg("kernel_info_request")
                 self._probe_ids.add(msg["msg_id"])
                 await sock.send_multipart(self._session.serialize(msg))
@@ -427,7 +289,8 @@ class KernelBridge:
         cs = self.sessions.get(session_id)
         if cs is None:
             cs = ClientSession(self, session_id)
-            cs.open(self._context, self._info)
+            spare, self._spare = self._spare, None
+            cs.open(self._context, self._info, spare)
             self.sessions[session_id] = cs
         return cs
 
@@ -450,24 +313,27 @@ class KernelBridge:
         self._send(cs, channel, parts)
 
     def _send(self, cs: ClientSession, channel: str, parts: list[bytes]) -> None:
-        sock = cs.sockets.get(channel)
+        sock = cs.socket(channel)
         if sock is None:
             return  # the session was closed meanwhile
         frames = [DELIM, self._session.sign(parts[:4]), *parts]
         # zmq queues while the kernel is away (up to its high-water mark), so this
         # completes at once; a failure is logged by the callback, not lost.
         fut: Any = sock.send_multipart(frames)
-        fut.add_done_callback(_log_send_failure)
+        fut.add_done_callback(log_send_failure)
 
     def _flush(self) -> None:
         held, self._held = self._held, []
         for cs, channel, parts in held:
             self._send(cs, channel, parts)
 
-    def announce(self, status: str) -> None:
+    def announce(self, status: str, reason: str | None = None) -> None:
         """Tell every session ``status`` (restarting, dead) as jupyter_server does: an
-        iopub status message of the gateway's own."""
-        msg = self._session.msg("status", {"execution_state": status})
+        iopub status message of the gateway's own (with ``reason``, if given)."""
+        content = {"execution_state": status}
+        if reason:
+            content["reason"] = reason
+        msg = self._session.msg("status", content)
         parts = message_parts(msg)
         for cs in list(self.sessions.values()):
             cs.deliver("iopub", parts)
@@ -501,8 +367,9 @@ class KernelBridge:
         self._held.clear()
         tasks += self._reaped
         self._iopub.close()
-        for sock in self._probes:
+        for sock in [*self._probes, *(self._spare or {}).values()]:
             sock.close()
+        self._spare = None
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

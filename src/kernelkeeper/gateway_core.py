@@ -13,16 +13,26 @@ import contextlib
 import dataclasses
 import http
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .connection import ConnectionInfo
 from .culling import CullPolicy
 from .errors import ConfigurationError, KernelError
 from .events import KernelEvent
 from .gateway_auth import CorsConfig, is_loopback
-from .gateway_bridge import CLOSE_GOING_AWAY, CLOSE_KERNEL_GONE, BridgeLimits, KernelBridge
+from .gateway_bridge import (
+    CLOSE_GOING_AWAY,
+    CLOSE_KERNEL_GONE,
+    BridgeLimits,
+    KernelBridge,
+    take_sockets,
+)
 from .gateway_env import EnvPolicy, base_environment
+from .heaptrim import HeapTrimmer
 from .manager import AsyncKernelManager
+from .metrics import pool_gauges
 from .multikernel import AsyncMultiKernelManager
 from .pool import KernelPool
 
@@ -50,7 +60,11 @@ class GatewayConfig:
     how long a WebSocket upgrade waits for the kernel. ``launch_timeout``:
     the default start deadline (``KERNEL_LAUNCH_TIMEOUT`` overrides it).
     ``replay_bytes``/``replay_age`` bound what is buffered for a session with
-    no socket. ``kernel_manager_kw`` goes to every kernel's manager.
+    no socket. ``fork_server``: fork Python kernels from a template that has
+    imported ipykernel (True; :mod:`kernelkeeper.forkserver`: a start takes a
+    fraction of a spawn's time), never (False), or as ``KERNELKEEPER_FORKSERVER``
+    says (None, the library's default; the command line turns it on, since its
+    templates end with its process). ``kernel_manager_kw`` goes to every kernel's manager.
     """
 
     ip: str = "127.0.0.1"
@@ -78,6 +92,7 @@ class GatewayConfig:
     send_queue_bytes: int = 64 << 20
     replay_bytes: int = 32 << 20
     replay_age: float = 120.0
+    fork_server: bool | None = None
     kernel_manager_kw: Mapping[str, Any] = dataclasses.field(
         default_factory=lambda: {"autorestart": True}
     )
@@ -119,6 +134,19 @@ class WsStats:
     replaced: int = 0
 
 
+def failure_reason(detail: Mapping[str, Any]) -> str:
+    """A line saying why the supervisor restarts a kernel or gave up on it."""
+    what = str(detail.get("reason") or "failed")
+    if detail.get("signal"):
+        what += f" (signal {detail['signal']})"
+    elif detail.get("exit_code") is not None:
+        what += f" (exit code {detail['exit_code']})"
+    elif detail.get("missed_heartbeats"):
+        what += f" ({detail['missed_heartbeats']} missed heartbeats)"
+    why = detail.get("why")
+    return f"{what}: {why}" if why else what
+
+
 def _base_url(url: str) -> str:
     url = "/" + url.strip("/")
     return url if url == "/" else url + "/"
@@ -143,6 +171,10 @@ class GatewayCore:
         self.ws_stats = WsStats()
         self.bridge_limits = BridgeLimits(cfg.replay_bytes, cfg.replay_age, cfg.ready_timeout)
         km_kw = dict(cfg.kernel_manager_kw)
+        #: What every start is given besides its environment.
+        self.start_kw: dict[str, Any] = {}
+        if cfg.fork_server is not None:
+            self.start_kw["fork_server"] = cfg.fork_server
         #: The warm pools by kernel name (the manager serves starts from them). Their
         #: kernels start from :attr:`base_env`, so a request without variables of its
         #: own is served from the pool.
@@ -151,7 +183,7 @@ class GatewayCore:
                 name,
                 min_size=size,
                 factory=lambda n=name: AsyncKernelManager(n, **km_kw),  # type: ignore[misc]
-                start_kw={"env": self.base_env},
+                start_kw={"env": self.base_env, **self.start_kw},
             )
             for name, size in cfg.pools.items()
             if size > 0
@@ -170,9 +202,15 @@ class GatewayCore:
             kernel_manager_kw=km_kw,
         )
         self.bridges: dict[str, KernelBridge] = {}
+        #: Why a kernel is restarting on its own, or was given up (for its model).
+        self.reasons: dict[str, str] = {}
+        # Bridges being made from a client proven ready (see prepare_bridge).
+        self._preparing: dict[str, asyncio.Task[KernelBridge]] = {}
         #: Called with the id of a kernel that is gone (deleted or culled).
         self.kernel_gone_hooks: list[Callable[[str], None]] = []
         self.closing = False
+        # Hands freed heap back to the system a moment after kernels end.
+        self._trimmer = HeapTrimmer()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -185,10 +223,14 @@ class GatewayCore:
     async def close_kernels(self) -> None:
         """Close every bridge (its sockets told the gateway goes away), end every kernel."""
         self.closing = True
+        for kid in list(self._preparing):
+            self._preparing[kid].cancel()
+            await self._settled(kid)
         for kid in list(self.bridges):
             await self._close_bridge(kid, CLOSE_GOING_AWAY, "gateway shutting down")
         self.mkm.remove_event_listener(self._on_event)
         await self.mkm.aclose()
+        self._trimmer.cancel()
         tasks, self._tasks = list(self._tasks), set()
         for t in tasks:
             t.cancel()
@@ -202,14 +244,93 @@ class GatewayCore:
         """The zmq bridge of a kernel's WebSockets (made on first use)."""
         b = self.bridges.get(kernel_id)
         if b is None:
-            info = self.mkm.get_kernel(kernel_id).connection_info
-            if info is None:
-                raise KernelError(f"Kernel {kernel_id} has no connection info yet")
-            b = self.bridges[kernel_id] = KernelBridge(kernel_id, info, self.bridge_limits)
+            b = self.bridges[kernel_id] = KernelBridge(
+                kernel_id, self._info(kernel_id), self.bridge_limits
+            )
         return b
+
+    def _info(self, kernel_id: str) -> ConnectionInfo:
+        info = self.mkm.get_kernel(kernel_id).connection_info
+        if info is None:
+            raise KernelError(f"Kernel {kernel_id} has no connection info yet")
+        return info
+
+    def prepare_bridge(self, kernel_id: str) -> None:
+        """Make a new kernel's bridge in the background (while its POST is answered
+        and the client opens its WebSocket), from a client proven ready: a pool
+        hit's, which is ready already, or a new one. Its sockets become the bridge's,
+        so the WebSocket needs no readiness probe of its own."""
+        if kernel_id in self.bridges or kernel_id in self._preparing:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._adopting_bridge(kernel_id), name=f"kk-gw-bridge-{kernel_id[:8]}"
+        )
+        self._preparing[kernel_id] = task
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _adopting_bridge(self, kernel_id: str) -> KernelBridge:
+        try:
+            kc = self.mkm.client(kernel_id)
+            try:
+                await kc.wait_for_ready(timeout=self.config.ready_timeout)
+                sockets = take_sockets(kc)
+            finally:
+                await kc.aclose()
+            if kernel_id in self.bridges or self.closing or kernel_id not in self.mkm:
+                for sock in sockets.values():
+                    sock.close()
+                return self.bridge(kernel_id)
+            b = KernelBridge(
+                kernel_id,
+                self._info(kernel_id),
+                self.bridge_limits,
+                adopted=sockets,
+                adopted_session=kc.session.session,
+            )
+            self.bridges[kernel_id] = b
+            return b
+        finally:
+            self._preparing.pop(kernel_id, None)
+
+    async def ready_bridge(self, kernel_id: str, timeout: float) -> KernelBridge:
+        """The kernel's bridge once it is live (KernelTimeoutError after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        task = self._preparing.get(kernel_id)
+        if task is not None:
+            try:
+                made = await asyncio.wait_for(asyncio.shield(task), timeout)
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise  # we are cancelled ourselves
+                raise KernelError(f"Kernel {kernel_id} went away") from None
+            except KernelError:
+                pass  # probe as below
+            else:
+                if made.live:
+                    return made
+        b = self.bridge(kernel_id)
+        await asyncio.wait_for(b.wait_live(), max(0.1, deadline - time.monotonic()))
+        return b
+
+    async def _settled(self, kernel_id: str) -> None:
+        """Wait until a bridge being made for the kernel is made (or failed)."""
+        task = self._preparing.get(kernel_id)
+        if task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(task)
+
+    def kernel_model(self, kernel_id: str) -> dict[str, Any]:
+        """The manager's model of a kernel, with ``reason`` while it restarts on its
+        own or once it was given up (NoSuchKernelId if unknown)."""
+        model = self.mkm.kernel_model(kernel_id)
+        reason = self.reasons.get(kernel_id)
+        if reason and model.get("execution_state") in ("restarting", "dead", "starting"):
+            model.setdefault("reason", reason)
+        return model
 
     async def restart_kernel(self, kernel_id: str) -> None:
         """Restart a kernel; its WebSockets keep working, nothing sent meanwhile is lost."""
+        await self._settled(kernel_id)
         b = self.bridges.get(kernel_id)
         if b is not None:
             b.reset()  # hold clients' messages until the new process reaches our SUB
@@ -229,10 +350,16 @@ class GatewayCore:
         self._gone(kernel_id)
 
     def _gone(self, kernel_id: str) -> None:
+        self.reasons.pop(kernel_id, None)
+        self._trimmer.soon()
         for hook in list(self.kernel_gone_hooks):
             hook(kernel_id)
 
     async def _close_bridge(self, kernel_id: str, code: int, message: str) -> None:
+        task = self._preparing.get(kernel_id)
+        if task is not None:
+            task.cancel()
+            await self._settled(kernel_id)
         b = self.bridges.pop(kernel_id, None)
         if b is None:
             return
@@ -252,18 +379,23 @@ class GatewayCore:
         kid, kind = event.kernel_id, event.kind
         if kind == "culled":
             self._gone(kid)
+        auto = kind in ("restarting", "dead") and "now" not in event.detail
+        if auto:
+            self.reasons[kid] = failure_reason(event.detail)
+        elif kind in ("restarted", "shutdown", "culled", "started"):
+            self.reasons.pop(kid, None)
         b = self.bridges.get(kid)
         if b is None or b.closed:
             return
         if kind == "died":
             b.reset(probe=True)  # the process is gone: probe for its successor
-        elif kind == "restarting" and "now" not in event.detail:  # automatic
-            b.announce("restarting")
+        elif kind == "restarting" and auto:
+            b.announce("restarting", self.reasons.get(kid))
         elif kind == "restarted":
             b.revalidate()
         elif kind == "dead":
             b.drop_held()
-            b.announce("dead")
+            b.announce("dead", self.reasons.get(kid))
         elif kind in ("culled", "shutdown") and kid not in self.mkm:
             self._own(self._close_bridge(kid, CLOSE_KERNEL_GONE, "kernel shut down"))
 
@@ -276,44 +408,49 @@ class GatewayCore:
 
     def render_metrics(self) -> str:
         """The manager's metrics and the gateway's, in Prometheus text format."""
-        s = self.ws_stats
-        replayed = sum(b.stats.replayed for b in self.bridges.values())
-        rows = [
-            ("websockets", "gauge", "Open WebSocket connections.", s.open),
-            ("websocket_connections_total", "counter", "WebSockets opened.", s.opened),
-            (
-                "websocket_replaced_total",
-                "counter",
-                "WebSockets replaced by a newer one with the same session_id.",
-                s.replaced,
-            ),
-            (
-                "websocket_dropped_messages_total",
-                "counter",
-                "Messages dropped for WebSocket clients that read too slowly.",
-                s.dropped,
-            ),
-            (
-                "websocket_dropped_bytes_total",
-                "counter",
-                "Bytes dropped for WebSocket clients that read too slowly.",
-                s.dropped_bytes,
-            ),
-            (
-                "websocket_bad_frames_total",
-                "counter",
-                "Frames from clients that could not be used.",
-                s.bad_frames,
-            ),
-            (
-                "websocket_replayed_messages_total",
-                "counter",
-                "Buffered messages replayed to a reconnected session.",
-                replayed,
-            ),
-        ]
         lines = [self.mkm.metrics.render().rstrip("\n")]
-        for name, kind, help_, value in rows:
+        for gauge in pool_gauges(self.pools):
+            lines += gauge.render()
+        replayed = sum(b.stats.replayed for b in self.bridges.values())
+        for name, kind, help_, value in _gateway_rows(self.ws_stats, replayed):
             full = f"kernelkeeper_gateway_{name}"
             lines += [f"# HELP {full} {help_}", f"# TYPE {full} {kind}", f"{full} {value}"]
         return "\n".join(lines) + "\n"
+
+
+def _gateway_rows(s: WsStats, replayed: int) -> list[tuple[str, str, str, int]]:
+    """The gateway's own metrics: (name, type, help, value)."""
+    return [
+        ("websockets", "gauge", "Open WebSocket connections.", s.open),
+        ("websocket_connections_total", "counter", "WebSockets opened.", s.opened),
+        (
+            "websocket_replaced_total",
+            "counter",
+            "WebSockets replaced by a newer one with the same session_id.",
+            s.replaced,
+        ),
+        (
+            "websocket_dropped_messages_total",
+            "counter",
+            "Messages dropped for WebSocket clients that read too slowly.",
+            s.dropped,
+        ),
+        (
+            "websocket_dropped_bytes_total",
+            "counter",
+            "Bytes dropped for WebSocket clients that read too slowly.",
+            s.dropped_bytes,
+        ),
+        (
+            "websocket_bad_frames_total",
+            "counter",
+            "Frames from clients that could not be used.",
+            s.bad_frames,
+        ),
+        (
+            "websocket_replayed_messages_total",
+            "counter",
+            "Buffered messages replayed to a reconnected session.",
+            replayed,
+        ),
+    ]

@@ -105,12 +105,12 @@ async def start_kernel(gw: GatewayCore, body: Any, name: Any = None) -> str:
         raise ApiError(400, str(e)) from None
     if req.kernel_id is not None and req.kernel_id in gw.mkm:
         return req.kernel_id
-    kw: dict[str, Any] = {"env": {**gw.base_env, **req.env}}
+    kw: dict[str, Any] = {"env": {**gw.base_env, **req.env}, **gw.start_kw}
     if req.cwd is not None:
         kw["cwd"] = req.cwd
     timeout = req.launch_timeout or gw.config.launch_timeout
     try:
-        return await asyncio.wait_for(
+        kid = await asyncio.wait_for(
             gw.mkm.start_kernel(name, kernel_id=req.kernel_id, **kw), timeout
         )
     except KernelLimitError:
@@ -125,6 +125,9 @@ async def start_kernel(gw: GatewayCore, body: Any, name: Any = None) -> str:
         raise ApiError(504, f"Kernel did not start within {timeout:g} s") from None
     except KernelError as e:
         raise ApiError(500, f"Kernel failed to start: {str(e).splitlines()[0]}") from None
+    if kid in gw.mkm:
+        gw.prepare_bridge(kid)  # a WebSocket usually follows at once
+    return kid
 
 
 def _resource_path(resource_dir: str, fname: str) -> str | None:
@@ -218,7 +221,7 @@ class KernelRoutes:
 
     def _model(self, kernel_id: str) -> dict[str, Any]:
         try:
-            return self.gw.mkm.kernel_model(kernel_id)
+            return self.gw.kernel_model(kernel_id)
         except NoSuchKernelId:
             raise ApiError(404, f"Kernel does not exist: {kernel_id}") from None
 
@@ -232,7 +235,7 @@ class KernelRoutes:
         models = []
         for kid in self.gw.mkm.list_kernel_ids():
             try:
-                models.append(self.gw.mkm.kernel_model(kid))
+                models.append(self.gw.kernel_model(kid))
             except NoSuchKernelId:
                 continue  # ended while we listed
         return dumps(models)

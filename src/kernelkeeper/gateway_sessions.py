@@ -50,7 +50,7 @@ class SessionRoutes:
 
     def _model(self, s: _Session) -> dict[str, Any] | None:
         try:
-            kernel = self.gw.mkm.kernel_model(s.kernel_id)
+            kernel = self.gw.kernel_model(s.kernel_id)
         except NoSuchKernelId:
             self._sessions.pop(s.id, None)
             return None

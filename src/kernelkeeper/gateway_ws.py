@@ -200,8 +200,7 @@ def channels_handler(gw: GatewayCore) -> Any:
         t0 = time.monotonic()
         try:
             await asyncio.wait_for(asyncio.shield(mkm.kernel_ready(kernel_id)), deadline)
-            bridge = gw.bridge(kernel_id)
-            await asyncio.wait_for(bridge.wait_live(), max(0.1, deadline - (time.monotonic() - t0)))
+            bridge = await gw.ready_bridge(kernel_id, max(0.1, deadline - (time.monotonic() - t0)))
         except (asyncio.TimeoutError, TimeoutError):
             return _error(503, f"Kernel {kernel_id} did not become ready within {deadline:g} s")
         except KernelError as e:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
-__all__ = ["Counter", "Gauge", "Histogram", "Metrics"]
+__all__ = ["Counter", "Gauge", "Histogram", "Metrics", "PoolView", "pool_gauges"]
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -232,3 +233,40 @@ class Metrics:
         for m in self.all():
             lines += m.render()
         return "\n".join(lines) + "\n"
+
+
+class PoolView(Protocol):
+    """What :func:`pool_gauges` reads of a warm pool."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def starting(self) -> int: ...
+
+    @property
+    def target(self) -> int: ...
+
+
+def pool_gauges(pools: Mapping[str, PoolView], prefix: str = "kernelkeeper") -> list[Gauge]:
+    """How ready each warm pool is: ``{prefix}_pool_kernels{kernel_name,state}``
+    (``ready``, ``starting``) and ``{prefix}_pool_target_kernels{kernel_name}``."""
+
+    def kernels() -> dict[Labels, float]:
+        out: dict[Labels, float] = {}
+        for name, pool in pools.items():
+            out[(("kernel_name", name), ("state", "ready"))] = float(pool.size)
+            out[(("kernel_name", name), ("state", "starting"))] = float(pool.starting)
+        return out
+
+    def targets() -> dict[Labels, float]:
+        return {(("kernel_name", n),): float(p.target) for n, p in pools.items()}
+
+    return [
+        Gauge(
+            f"{prefix}_pool_kernels",
+            "Warm-pool kernels by kernel type: ready to be taken, or starting.",
+            kernels,
+        ),
+        Gauge(f"{prefix}_pool_target_kernels", "The size each warm pool aims at.", targets),
+    ]

@@ -112,7 +112,9 @@ __all__ = ["KernelPool", "PoolConfig"]
 
 log = logging.getLogger("kernelkeeper.pool")
 
-_START_KEYS = frozenset({"cwd", "env", "extra_arguments", "stdout", "stderr", "startup_timeout"})
+_START_KEYS = frozenset(
+    {"cwd", "env", "extra_arguments", "fork_server", "stdout", "stderr", "startup_timeout"}
+)
 _TAKE_TIMES_KEPT = 1000
 
 
