@@ -102,6 +102,36 @@ def connect_socket(
     return sock
 
 
+class RawSockets:
+    """jupyter_client's ``connect_shell``, ``connect_iopub``, ``connect_stdin``,
+    ``connect_control`` and ``connect_hb``: each a zmq socket connected to that
+    channel, the caller's to close (jupyter_server's WebSocket handlers use
+    them). The host says how, in ``_connect``."""
+
+    def _connect(self, channel: str, identity: bytes | None) -> Any:
+        raise NotImplementedError
+
+    def connect_shell(self, identity: bytes | None = None) -> Any:
+        """A zmq socket connected to the shell channel."""
+        return self._connect("shell", identity)
+
+    def connect_iopub(self, identity: bytes | None = None) -> Any:
+        """A zmq socket subscribed to the iopub channel."""
+        return self._connect("iopub", identity)
+
+    def connect_stdin(self, identity: bytes | None = None) -> Any:
+        """A zmq socket connected to the stdin channel."""
+        return self._connect("stdin", identity)
+
+    def connect_control(self, identity: bytes | None = None) -> Any:
+        """A zmq socket connected to the control channel."""
+        return self._connect("control", identity)
+
+    def connect_hb(self, identity: bytes | None = None) -> Any:
+        """A zmq REQ socket connected to the heartbeat."""
+        return self._connect("hb", identity)
+
+
 # The channels' hot path calls pyzmq's compiled socket methods with plain
 # int flags: its Python layer (send_multipart, recv_multipart) builds enum
 # flag objects and asks for RCVMORE on every frame, which costs more than

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from .channels import connect_socket
+from .channels import RawSockets, connect_socket
 from .connection import ConnectionInfo, remove_files, write_connection_file
 from .errors import ConnectionFileError
 from .session import Session
@@ -35,7 +35,7 @@ def as_connection_info(
     return ConnectionInfo.from_dict(info)
 
 
-class KernelEndpoint:
+class KernelEndpoint(RawSockets):
     """The connection info of a client, and its jupyter_client accessors.
 
     Subclasses call :meth:`_connection_changed` hooks through
@@ -112,25 +112,9 @@ class KernelEndpoint:
 
     # -- raw sockets (what jupyter_server's WebSocket handlers use) --------------
 
-    def connect_shell(self, identity: bytes | None = None) -> Any:
-        """A zmq socket of :attr:`context` connected to the shell channel (the caller closes it)."""
-        return connect_socket(self.context, self._info(), "shell", identity)
-
-    def connect_iopub(self, identity: bytes | None = None) -> Any:
-        """A zmq socket subscribed to the iopub channel."""
-        return connect_socket(self.context, self._info(), "iopub", identity)
-
-    def connect_stdin(self, identity: bytes | None = None) -> Any:
-        """A zmq socket connected to the stdin channel."""
-        return connect_socket(self.context, self._info(), "stdin", identity)
-
-    def connect_control(self, identity: bytes | None = None) -> Any:
-        """A zmq socket connected to the control channel."""
-        return connect_socket(self.context, self._info(), "control", identity)
-
-    def connect_hb(self, identity: bytes | None = None) -> Any:
-        """A zmq REQ socket connected to the heartbeat."""
-        return connect_socket(self.context, self._info(), "hb", identity)
+    def _connect(self, channel: str, identity: bytes | None) -> Any:
+        # The sockets of RawSockets' connect_*: of :attr:`context`.
+        return connect_socket(self.context, self._info(), channel, identity)
 
     def _info(self) -> ConnectionInfo:
         if self.connection_info is None:

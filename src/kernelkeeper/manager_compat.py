@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .attach import ForeignProcess
-from .channels import connect_socket
+from .channels import RawSockets, connect_socket
 from .connection import ConnectionInfo
 from .errors import LifecycleError, NotRunningError
 from .jupyter_session import JupyterSession
@@ -40,7 +40,7 @@ def set_blocking_client_factory(factory: Callable[[ConnectionInfo], Any]) -> Non
     _blocking_client_factory = factory
 
 
-class JupyterSurface(KernelStarting):
+class JupyterSurface(RawSockets, KernelStarting):
     """jupyter_client's non-lifecycle kernel-manager names, over our state."""
 
     cache_ports: bool
@@ -161,26 +161,6 @@ class JupyterSurface(KernelStarting):
         if self.connection_info is None:
             raise NotRunningError("Start the kernel before connecting to it")
         return connect_socket(self.context, self.connection_info, channel, identity)
-
-    def connect_shell(self, identity: bytes | None = None) -> Any:
-        """A zmq socket connected to the kernel's shell channel (jupyter_client's name)."""
-        return self._connect("shell", identity)
-
-    def connect_iopub(self, identity: bytes | None = None) -> Any:
-        """A zmq socket subscribed to the kernel's iopub channel."""
-        return self._connect("iopub", identity)
-
-    def connect_stdin(self, identity: bytes | None = None) -> Any:
-        """A zmq socket connected to the kernel's stdin channel."""
-        return self._connect("stdin", identity)
-
-    def connect_control(self, identity: bytes | None = None) -> Any:
-        """A zmq socket connected to the kernel's control channel."""
-        return self._connect("control", identity)
-
-    def connect_hb(self, identity: bytes | None = None) -> Any:
-        """A zmq socket connected to the kernel's heartbeat."""
-        return self._connect("hb", identity)
 
     # -- the restarter and the environment --------------------------------------------
 
