@@ -37,6 +37,43 @@ def wait_for(predicate: Callable[[], T], timeout: float, interval: float = 0.02)
         time.sleep(min(interval, remaining))
 
 
+# clock_nanosleep and nanosleep on x86_64 and aarch64.
+_SLEEP_SYSCALLS = {"230", "35", "115", "101"}
+
+
+def main_thread_sleeping(pid: int) -> bool:
+    """Whether the main thread of ``pid`` is blocked in a sleep syscall (Linux).
+
+    Python has a window before a blocking call: a SIGINT whose handler runs
+    after the main thread's last check for signals and before it enters, say,
+    ``time.sleep`` is acted upon only when the call returns. A test that
+    interrupts the moment a cell prints "sleeping" can land in that window
+    (with any kernel manager) and then waits out the whole sleep. Tests that
+    check an interrupt stops a sleep interrupt once this is true. There is no
+    event for a thread entering a syscall, so callers poll /proc.
+    """
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        syscall = Path(f"/proc/{pid}/syscall").read_text().split(" ", 1)[0]
+    except OSError:
+        return False
+    return "nanosleep" in wchan or syscall in _SLEEP_SYSCALLS
+
+
+def wait_until_sleeping(pid: int, timeout: float = 30.0) -> None:
+    """Block until :func:`main_thread_sleeping` (``TimeoutError`` after ``timeout``)."""
+    wait_for(lambda: main_thread_sleeping(pid), timeout, interval=0.005)
+
+
+async def until_sleeping(pid: int, timeout: float = 30.0) -> None:
+    """Wait until :func:`main_thread_sleeping` (``TimeoutError`` after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while not main_thread_sleeping(pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the main thread of {pid} never slept within {timeout} s")
+        await asyncio.sleep(0.005)
+
+
 def kernel_script(name: str) -> str:
     """Absolute path of the test kernel script ``tests/kernels/<name>.py``."""
     filename = name if name.endswith(".py") else f"{name}.py"

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import kernelkeeper as kk
+from helpers import wait_until_sleeping
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
@@ -53,12 +54,19 @@ def test_interrupting_a_long_sleep_is_prompt() -> None:
     km, kc = kk.start_new_kernel(startup_timeout=READY)
     try:
         for _ in range(5):
-            msg_id = kc.execute("import time\nprint('go', flush=True)\ntime.sleep(60)")
+            # stop_on_error=False: after an error ipykernel aborts the requests
+            # that reach it before it clears its abort flag, which it does only
+            # after sending the reply; the next request here is sent at once.
+            msg_id = kc.execute(
+                "import time\nprint('go', flush=True)\ntime.sleep(60)", stop_on_error=False
+            )
             deadline = time.monotonic() + 30
             while True:
                 m = kc.get_iopub_msg(max(0.0, deadline - time.monotonic()))
                 if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "stream":
                     break
+            # Interrupt once the main thread sleeps (see helpers.main_thread_sleeping).
+            wait_until_sleeping(km.process.pid)
             t0 = time.monotonic()
             km.interrupt_kernel()
             while True:

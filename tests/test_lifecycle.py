@@ -30,7 +30,7 @@ import psutil
 import pytest
 
 import kernelkeeper
-from helpers import Recorder, assert_gone, find, wait_gone
+from helpers import Recorder, assert_gone, find, until_sleeping, wait_gone
 from kernelkeeper import (
     AsyncKernelManager,
     KernelState,
@@ -169,8 +169,8 @@ async def connect() -> AsyncIterator[Callable[..., Any]]:
         await kc.aclose()
 
 
-async def wait_output(kc: Any, msg_id: str, text: str, timeout: float = REPLY) -> None:
-    """Wait until the execution ``msg_id`` has printed ``text`` on stdout."""
+async def wait_output(kc: Any, msg_id: str, text: str, timeout: float = REPLY) -> str:
+    """Wait until the execution ``msg_id`` has printed ``text`` on stdout; what it printed."""
     deadline = time.monotonic() + timeout
     seen = ""
     while text not in seen:
@@ -180,6 +180,7 @@ async def wait_output(kc: Any, msg_id: str, text: str, timeout: float = REPLY) -
         msg = await kc.get_iopub_msg(timeout=left)
         if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
             seen += msg["content"]["text"]
+    return seen
 
 
 async def shell_reply(kc: Any, msg_id: str, timeout: float = REPLY) -> dict[str, Any]:
@@ -198,10 +199,13 @@ async def start_sleep(kc: Any, seconds: float) -> str:
     # stop_on_error=False: after an interrupt, the kernel would otherwise abort
     # the requests that arrive right after the error reply.
     msg_id = await kc.execute(
-        f"import time; print('sleeping', flush=True); time.sleep({seconds}); print('woke')",
+        "import os, time; print('sleeping', os.getpid(), 'zz', flush=True); "
+        f"time.sleep({seconds}); print('woke')",
         stop_on_error=False,
     )
-    await wait_output(kc, msg_id, "sleeping")
+    text = await wait_output(kc, msg_id, "zz")
+    # Interrupt once the main thread sleeps (see helpers.main_thread_sleeping).
+    await until_sleeping(int(text.split("sleeping", 1)[1].split()[0]))
     return msg_id
 
 
