@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 import kernelkeeper
-from helpers import Recorder, assert_gone
+from helpers import Recorder, assert_gone, until_sleeping
 from kernelkeeper import (
     AsyncKernelManager,
     KernelDiedError,
@@ -89,6 +89,44 @@ async def test_shutdown_escalates(
     assert steps * WAIT / 2 <= elapsed < steps * WAIT / 2 + 10
     assert not km.has_kernel
     assert km.state is KernelState.DEAD
+    assert runtime_files(isolated_runtime) == []
+
+
+async def test_ipykernel_exits_on_the_request_after_output(isolated_runtime: Path) -> None:
+    # After printing, ipykernel's control thread flushes stdout once more at the
+    # end of a shutdown_request, through the iopub thread that the exit's first
+    # handler stops: unless the launcher lets that request finish, the kernel
+    # now and then took the flush's 10 s timeout to exit, and was SIGTERMed.
+    for _ in range(8):
+        km = AsyncKernelManager(shutdown_wait_time=4.0)
+        await km.start_kernel()
+        try:
+            kc = km.client()
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=READY)
+            # An interrupted cell, then one that prints: the sequence that showed it.
+            running = kc.execute(
+                "import os, time; print(os.getpid(), 'zz', flush=True); time.sleep(30)",
+                reply=True,
+                timeout=READY,
+                stop_on_error=False,  # or the next request may be aborted
+            )
+            while "zz" not in (m := await kc.get_iopub_msg(timeout=READY))["content"].get(
+                "text", ""
+            ):
+                pass
+            await until_sleeping(int(m["content"]["text"].split()[0]))
+            await km.interrupt_kernel()
+            assert (await running)["content"]["ename"] == "KeyboardInterrupt"
+            res = await kc.run_cell("print('out')")
+            assert res.stdout == "out\n"
+            await kc.aclose()
+            proc = km.process
+            assert proc is not None
+            await km.shutdown_kernel()
+            assert proc.exit_code == 0  # it left on the request: no SIGTERM
+        finally:
+            await km.shutdown_kernel(now=True)
     assert runtime_files(isolated_runtime) == []
 
 

@@ -237,7 +237,28 @@ def main() -> None:
     _restore_mask(sigint_mask)
     report()
     app.start()  # type: ignore[no-untyped-call]
+    _let_control_finish(app)
     _fast_exit(_history_files(app))
+
+
+def _let_control_finish(app: Any, timeout: float = 5.0) -> None:
+    """After a shutdown_request, let the control thread finish that request.
+
+    ipykernel's shutdown_request handler stops the control thread's loop and
+    the main loop, but the control thread then still flushes stdout and
+    publishes 'idle', which waits on the iopub thread. The exit's first
+    handler (``IPKernelApp.close``) stops the iopub thread, and a control
+    thread caught in that flush waits out its 10 s ``flush_timeout`` while
+    ``close`` joins it: now and then the kernel exited 10 s late, after its
+    manager had given up and sent SIGTERM. Its loop is already stopping, so
+    the join is short.
+    """
+    kernel = getattr(app, "kernel", None)
+    thread = getattr(app, "control_thread", None)
+    if getattr(kernel, "_shutdown_message", None) is None or thread is None:
+        return
+    if thread.is_alive() and thread is not threading.current_thread():
+        thread.join(timeout)
 
 
 def _history_files(app: object) -> list[str]:
