@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import abc
 import functools
-import importlib.metadata
 import importlib.util
 import logging
 import sys
 from collections.abc import Iterator, Sequence
-from importlib.metadata import entry_points
 from typing import Any
 
 from . import kernelspec
+from .entrypoints import entry_points
 from .errors import KernelSpecError, NoSuchKernel
 from .kernelspec import KernelSpec
 
@@ -128,6 +127,8 @@ def _ipykernel_supports_curve() -> bool:
     """Does the installed ipykernel do CurveZMQ? Asked of its metadata: importing
     ipykernel (IPython, tornado, ...) would cost a third of a second. Cached: the
     metadata scan costs ~0.7 ms and every start resolves a kernel type."""
+    import importlib.metadata  # here: ~1.5-3 MiB resident, and few starts need it
+
     try:
         version = importlib.metadata.version("ipykernel")
     except (importlib.metadata.PackageNotFoundError, ValueError):

@@ -11,8 +11,6 @@ runs under the guard below, which holds the read end itself.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import shutil
 import sys
@@ -72,6 +70,10 @@ def pdeathsig_preexec() -> Any:
     if not sys.platform.startswith("linux"):
         return None
     if _libc is None:
+        # Imported on the first launch, not with the package (~0.3 MiB resident).
+        import ctypes
+        import ctypes.util
+
         name = ctypes.util.find_library("c")
         if not name:
             return None

@@ -10,12 +10,16 @@ nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 
 __all__ = ["HeapTrimmer"]
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
+# Looked up on first use, not at import: ctypes costs ~0.3 MiB resident, and a
+# process whose kernels never end never trims.
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's ``malloc_trim``, or None (another C library)."""
     try:
         import ctypes
@@ -28,9 +32,6 @@ def _find_malloc_trim() -> Callable[[int], int] | None:
     return fn  # type: ignore[no-any-return]
 
 
-_malloc_trim = _find_malloc_trim()
-
-
 class HeapTrimmer:
     """Trims the heap ``delay`` seconds after the last call of :meth:`soon`."""
 
@@ -40,7 +41,7 @@ class HeapTrimmer:
 
     def soon(self) -> None:
         """Trim a moment from now (on the running loop), after any later call."""
-        if _malloc_trim is None:
+        if _malloc_trim() is None:
             return
         if self._handle is not None:
             self._handle.cancel()
@@ -53,5 +54,6 @@ class HeapTrimmer:
 
     def _trim(self) -> None:
         self._handle = None
-        if _malloc_trim is not None:
-            _malloc_trim(0)
+        trim = _malloc_trim()
+        if trim is not None:
+            trim(0)

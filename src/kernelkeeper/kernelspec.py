@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from jupyter_core.paths import jupyter_path
-
 from .errors import KernelExecutableNotFound, KernelSpecError, NoSuchKernel
 
 __all__ = [
@@ -251,6 +249,10 @@ def kernel_dirs() -> list[str]:
 
     Evaluated on every call so that changes to ``JUPYTER_PATH`` and friends apply.
     """
+    # Imported on first use, as connection.runtime_dir does: jupyter_core.paths and
+    # platformdirs are not needed by a process that never looks a kernelspec up.
+    from jupyter_core.paths import jupyter_path
+
     return jupyter_path("kernels")
 
 

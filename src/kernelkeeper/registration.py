@@ -24,7 +24,6 @@ import stat
 import time
 from typing import Any
 
-import psutil
 import zmq
 import zmq.asyncio
 
@@ -221,6 +220,10 @@ class BindProbe:
             # which the kernel's bind replaces.
             return all(_is_socket(p) for p in self.info.ipc_paths())
         if self._calls % self.DESCENDANTS_EVERY == 0:
+            # Imported here: only kernels that cannot report are probed, and psutil
+            # costs ~1 MiB resident in every manager process otherwise.
+            import psutil
+
             try:
                 self._descendants = [
                     p.pid for p in psutil.Process(self.pid).children(recursive=True)
