@@ -183,6 +183,44 @@ async def test_port_held_by_another_process(
     assert runtime_files(isolated_runtime) == []
 
 
+async def test_heartbeat_port_taken_is_retried(
+    kernel_dir: Callable[..., str], isolated_runtime: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ipykernel does not exit when its heartbeat port is taken: the heartbeat
+    # thread ends and the kernel runs on. The start sees four ports listening in
+    # the kernel and the fifth held by another process, and starts it again.
+    from kernelkeeper import connection as kk_connection
+
+    real = kk_connection.allocate_ports
+    calls: list[list[int]] = []
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+
+        def allocate(ip: str = "127.0.0.1", count: int = 5) -> list[int]:
+            ports = real(ip, count)
+            if not calls:
+                ports[-1] = port  # the heartbeat's: CHANNELS ends with hb
+            calls.append(ports)
+            return ports
+
+        monkeypatch.setattr(kk_connection, "allocate_ports", allocate)
+        name = kernel_dir("slow_start", env={"KK_TEST_START_DELAY": "0"})
+        km, kc = await kernelkeeper.async_start_new_kernel(startup_timeout=READY, kernel_name=name)
+        try:
+            assert not km.ipykernel  # the pre-assigned path
+            assert len(calls) == 2 and calls[0][-1] == port
+            assert km.connection_info is not None
+            assert km.connection_info.hb_port != port
+            res = await kc.run_cell("print('bound')", timeout=REPLY)
+            assert res.stdout == "bound\n"
+        finally:
+            await kc.aclose()
+            await km.shutdown_kernel()
+    assert runtime_files(isolated_runtime) == []
+
+
 async def test_port_taken_every_time_gives_up(
     kernel_dir: Callable[..., str], tmp_path: Path, isolated_runtime: Path
 ) -> None:

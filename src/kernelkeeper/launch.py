@@ -194,9 +194,9 @@ def _port_taken(stderr_tail: str) -> bool:
 
 
 class _PortTaken(Exception):
-    """The kernel exited at start because one of its pre-assigned ports was taken."""
+    """One of the kernel's pre-assigned ports was taken by another process at start."""
 
-    def __init__(self, error: KernelDiedError) -> None:
+    def __init__(self, error: KernelDiedError | KernelStartError) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -487,6 +487,13 @@ class _Launch:
                     break
                 if probe is not None and probe():
                     return None
+                if probe is not None and probe.taken:
+                    raise _PortTaken(
+                        KernelStartError(
+                            f"Kernel {self.name!r} could not bind port(s) "
+                            f"{', '.join(map(str, probe.taken))}: another process listens there"
+                        )
+                    )
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise KernelTimeoutError(

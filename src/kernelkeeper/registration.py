@@ -198,6 +198,11 @@ class BindProbe:
     #: All five ports listening, none of them by the kernel's tree, for this long:
     #: something else forwards them (``docker run -p``); count that as bound.
     FOREIGN_STEADY = 1.0
+    #: Some ports listening in the kernel's tree and the others by someone else,
+    #: for this long: those were taken between our pick and the kernel's bind.
+    #: Not every kernel exits then: ipykernel runs on without a heartbeat port
+    #: (its heartbeat thread ends), and nothing would ever say so.
+    COLLISION_STEADY = 1.0
 
     def __init__(self, pid: int, info: ConnectionInfo) -> None:
         self.pid = pid
@@ -206,6 +211,9 @@ class BindProbe:
         self._calls = 0
         self._descendants: list[int] = []
         self._foreign_since: float | None = None
+        self._collision_since: float | None = None
+        #: The ports that others took, once a collision is steady (else empty).
+        self.taken: list[int] = []
         self._seen: set[int] = set()
         self._read_at = 0.0
 
@@ -249,8 +257,10 @@ class BindProbe:
     def _forwarded(self, ours: set[int]) -> bool:
         table = _shared_listeners()
         held = [table.get(port, set()) for port in self.ports]
-        # Some listeners ours and some not is a collision in the making (the kernel
-        # will exit with EADDRINUSE); only a complete set held by others counts.
+        self._check_collision(held, ours)
+        # Some listeners ours and some not is a collision (the kernel exits with
+        # EADDRINUSE, or runs on without that port: see ``taken``); only a
+        # complete set held by others counts as forwarded.
         if not all(held) or any(inodes & ours for inodes in held):
             self._foreign_since = None
             return False
@@ -258,6 +268,19 @@ class BindProbe:
         if self._foreign_since is None:
             self._foreign_since = now
         return now - self._foreign_since >= self.FOREIGN_STEADY
+
+    def _check_collision(self, held: list[set[int]], ours: set[int]) -> None:
+        mine = [bool(inodes & ours) for inodes in held]
+        if all(held) and any(mine) and not all(mine):
+            now = time.monotonic()
+            if self._collision_since is None:
+                self._collision_since = now
+            if now - self._collision_since >= self.COLLISION_STEADY:
+                ports = list(self.ports)
+                self.taken = sorted(p for p, m in zip(ports, mine, strict=True) if not m)
+        else:
+            self._collision_since = None
+            self.taken = []
 
 
 def _is_socket(path: str) -> bool:
