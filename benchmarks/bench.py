@@ -53,6 +53,8 @@ from typing import Any
 
 import psutil
 
+from compiled import compile_package
+
 KERNEL = "python3"  # the same installed kernelspec for both libraries
 STARTUP_TIMEOUT = 30.0  # a hung start counts as a failure after this
 REPLY_TIMEOUT = 30.0
@@ -2020,6 +2022,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         return child_main(args)
 
+    compile_package()
     p = Params.make(args.quick, args.repeat, args.calls)
     # A private directory: JUPYTER_RUNTIME_DIR and TMPDIR of every child (and so
     # of every kernel) point into it, so the connection files of both libraries

@@ -33,6 +33,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from compiled import compile_package
+
 BIN = Path(sys.executable).parent
 KERNEL = "python3"
 
@@ -73,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cells", type=int, default=30)
     ap.add_argument("--help-repeat", type=int, default=20)
     args = ap.parse_args(argv)
+    compile_package()
     kk = str(BIN / "kernelkeeper")
     jx = shutil.which("jupyter-execute", path=str(BIN)) or str(BIN / "jupyter-execute")
     with tempfile.TemporaryDirectory(prefix="kkbench-") as tmp:

@@ -43,6 +43,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from compiled import compile_package
+
 KERNEL = "python3"
 TIMEOUT = 60.0
 WAYS = ("jc", "kk", "kk-fork")
@@ -255,6 +257,7 @@ def main() -> None:
     ap.add_argument("--many-rounds", type=int, default=3, help="rounds of --many (0: skip)")
     ap.add_argument("--json", help="also write the raw figures here")
     args = ap.parse_args()
+    compile_package()
     from kernelkeeper import forkserver
 
     try:

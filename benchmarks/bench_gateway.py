@@ -58,6 +58,7 @@ import aiohttp
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from compiled import compile_package
 from gateway_harness import Gateway, WsKernel, start_gateway
 
 KERNEL = "python3"
@@ -479,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         help="an extra argument for the kernelkeeper gateways (repeatable)",
     )
     args = ap.parse_args(argv)
+    compile_package()
     only = [w.strip() for w in args.only.split(",") if w.strip()]
     unknown = sorted(set(only) - set(WORKLOADS))
     if unknown:
