@@ -1,9 +1,8 @@
-"""The lean request→reply path: one crossing for blocking requests, deferred iopub,
-and the channel's own non-blocking reads and writes.
+"""The lean request→reply path: one crossing for blocking requests, and the
+channel's own non-blocking reads and writes.
 
 A blocking request is sent by one callback on the loop and its reply releases
-the caller through a :class:`~kernelkeeper.loopthread.Handoff`; iopub that
-nobody waits for is read after the reply instead of before it. None of that
+the caller through a :class:`~kernelkeeper.loopthread.Handoff`. None of that
 may lose a message, leave a subscription behind, or keep a waiter waiting
 when the kernel dies.
 """
@@ -79,27 +78,6 @@ def test_blocking_replies_leave_every_iopub_message_readable(
             break
     assert seen == ["status", "execute_input", "execute_result", "status"]
     assert kc.async_client.router.awaiting == 0
-
-
-def test_deferred_iopub_is_read_without_anyone_asking(
-    bkernel: tuple[KernelManager, BlockingKernelClient],
-) -> None:
-    _, kc = bkernel
-    reply = kc.kernel_info(reply=True, timeout=REPLY)
-    parent = reply["parent_header"]["msg_id"]
-    ch = kc.async_client.iopub_channel
-
-    def idle_queued() -> bool:
-        last = ch.queue.peek_last()
-        return (
-            last is not None
-            and last["parent_header"].get("msg_id") == parent
-            and last["content"].get("execution_state") == "idle"
-        )
-
-    # Read soon after the reply (or within max_defer): never left in the socket.
-    wait_for(idle_queued, REPLY)
-    assert not ch.deferring
 
 
 def test_blocking_timeout_withdraws_and_the_late_reply_is_queued(

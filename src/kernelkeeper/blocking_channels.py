@@ -30,12 +30,8 @@ class BlockingChannel(Face):
         return repr(self._async).replace("<Channel", "<BlockingChannel")
 
     def msg_ready(self) -> bool:
-        """Is a message queued? (Read without a trip to the loop, unless the
-        channel left arrivals unread for now.)"""
-        ch = self._async
-        if ch.deferring:
-            self._portal.call(ch.resume)
-        return not ch.queue.empty()
+        """Is a message queued? (Read without a trip to the loop.)"""
+        return not self._async.queue.empty()
 
     def is_alive(self) -> bool:
         """Is the channel running?"""

@@ -53,8 +53,6 @@ class ChannelLink:
     on_beat: Callable[[], None] = lambda: None
     #: The heartbeat missed this many beats in a row.
     on_missed: Callable[[int], None] = lambda missed: None
-    #: May this channel leave what arrived unread for now (see ``Channel.defer``)?
-    may_defer: Callable[[Channel], bool] = lambda channel: False
 
     def info(self, channel: str) -> ConnectionInfo:
         """The connection info, or NotRunningError when there is none yet."""
@@ -233,9 +231,6 @@ class Channel(QueuedReader, TaskOwner):
         # order, when it can take them again.
         self._outbox: collections.deque[list[bytes]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Set while arrivals are left unread (see ``defer``): the timer that
-        # reads them at the latest.
-        self._deferred: asyncio.TimerHandle | None = None
         self.queue = MessageQueue()
         #: Messages dropped because nobody read the queue (oldest go first).
         self.overflowed = 0
@@ -295,9 +290,6 @@ class Channel(QueuedReader, TaskOwner):
     def stop(self) -> None:
         """Stop reading and close the socket (no await needed)."""
         self._unwatch()
-        if self._deferred is not None:
-            self._deferred.cancel()
-            self._deferred = None
         super().stop()
         sock, self.socket = self.socket, None
         self._zsock = None
@@ -314,9 +306,6 @@ class Channel(QueuedReader, TaskOwner):
         in the socket for the new owner.
         """
         self._unwatch()
-        if self._deferred is not None:
-            self._deferred.cancel()
-            self._deferred = None
         TaskOwner.stop(self)
         sock, self.socket = self.socket, None
         self._zsock = None
@@ -338,64 +327,11 @@ class Channel(QueuedReader, TaskOwner):
 
     #: Most messages taken in one wake-up before the rest of the loop gets a turn.
     batch = 64
-    #: Longest an arrival is left unread while the link defers (seconds).
-    max_defer = 0.05
-    #: A message this large makes the channel read at once for the next second.
-    bulky_bytes = 64 * 1024
-    _bulky_until = 0.0
-
-    @property
-    def deferring(self) -> bool:
-        """Are arrivals being left unread for now (see :meth:`defer`)?"""
-        return self._deferred is not None
-
-    def defer(self, delay: float | None = None) -> None:
-        """Read what has arrived in ``delay`` seconds (default and at most
-        :attr:`max_defer`), not now.
-
-        The client defers iopub while a reply is awaited and nobody waits on
-        iopub: the reply then finds the loop free, and the statuses and
-        outputs nobody asked for are read after it, together. Whoever starts
-        to wait on this channel's messages (``get_msg``, a listener) calls
-        :meth:`resume` first.
-        """
-        assert self._loop is not None
-        delay = self.max_defer if delay is None else min(delay, self.max_defer)
-        if self._deferred is not None:
-            if self._deferred.when() <= self._loop.time() + delay:
-                return
-            self._deferred.cancel()
-        self._deferred = self._loop.call_later(delay, self.resume)
-
-    def resume(self) -> None:
-        """Read at once whatever was left unread (no-op when nothing was)."""
-        timer, self._deferred = self._deferred, None
-        if timer is not None:
-            timer.cancel()
-            self._drain()
 
     def _on_events(self) -> None:
         # Called by the loop when the socket's descriptor signals (and after
         # sends, which may consume that signal: zmq's descriptor is
         # edge-triggered, so everything waiting must be taken now).
-        sock = self._zsock
-        if sock is None:
-            return
-        if self.link.may_defer(self) and self._loop is not None:
-            if self._loop.time() < self._bulky_until:
-                # Large messages come now: unread they would wait in zmq's
-                # buffers, beyond the queue's byte bound. Read them.
-                self._drain()
-                return
-            # Take the signal without reading: zmq's descriptor stays quiet
-            # while unread messages wait, so this costs nothing until resume.
-            _events(sock)
-            if self._deferred is None:
-                self.defer()
-            return
-        if self._deferred is not None:
-            self._deferred.cancel()
-            self._deferred = None
         self._drain()
 
     def _drain(self) -> None:
@@ -424,8 +360,6 @@ class Channel(QueuedReader, TaskOwner):
         msg = self.link.session.feed(frames)
         if msg is not None:
             nbytes = sum(map(len, frames))
-            if nbytes > self.bulky_bytes and self._loop is not None:
-                self._bulky_until = self._loop.time() + 1.0
             try:
                 self.link.deliver(self, msg, nbytes)
             except Exception:  # a failing user hook must not stop the channel

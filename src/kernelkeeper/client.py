@@ -131,14 +131,12 @@ class AsyncKernelClient(KernelRequests, ExecutionMethods, KernelEndpoint):
             on_start=self._death_watch.start,
             on_beat=self.liveness.hb_beat,
             on_missed=lambda n: self.liveness.hb_missed(n, self.hb_channel.time_to_dead),
-            may_defer=self._may_defer,
         )
         self.shell_channel = self.shell_channel_class(self._link, "shell")
         self.iopub_channel = self.iopub_channel_class(self._link, "iopub")
         self.stdin_channel = self.stdin_channel_class(self._link, "stdin")
         self.control_channel = self.control_channel_class(self._link, "control")
         self.hb_channel = self.hb_channel_class(self._link)
-        self.router.on_listen = self.iopub_channel.resume
 
     def __repr__(self) -> str:
         state = "running" if self.channels_running else "stopped"
@@ -236,35 +234,8 @@ class AsyncKernelClient(KernelRequests, ExecutionMethods, KernelEndpoint):
         """Is any channel running?"""
         return any(ch.is_alive() for ch in self._socket_channels()) or self.hb_channel.is_alive()
 
-    #: Leave iopub unread while a reply is awaited (see ``_may_defer``). Off:
-    #: with it on, a message was occasionally never read (a kernel's stream
-    #: output, or the control reply of a shutdown, about one full-suite run in
-    #: three), a lost wake-up not yet understood.
-    defer_iopub = False
-
-    def _may_defer(self, channel: Channel) -> bool:
-        # iopub may wait while a reply is awaited and nobody waits on iopub
-        # (no listener, no get_msg, no ready handshake): the reply then finds
-        # the loop, and the CPU, free. Read soon after the reply, or within
-        # ``Channel.max_defer`` at the latest.
-        router = self.router
-        return (
-            self.defer_iopub
-            and channel is self.iopub_channel
-            and router.awaiting > 0
-            and not router.listening
-            and not channel.queue.waiting
-            and self.iopub_confirmed.is_set()
-        )
-
     def _deliver(self, channel: Channel, msg: Message, nbytes: int = 0) -> None:
-        if channel.name in ("shell", "control"):
-            iopub = self.iopub_channel
-            if iopub.deferring:
-                # Read what waited right after the reply, once its waiter has
-                # had the loop (and, for a blocking caller, the GIL) for a moment.
-                iopub.defer(0.001)
-        elif channel.name == "iopub":
+        if channel.name == "iopub":
             self.iopub_confirmed.set()
             if msg["msg_type"] == "iopub_welcome":
                 return  # only proves the subscription; nothing for users

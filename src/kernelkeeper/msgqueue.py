@@ -118,9 +118,6 @@ class QueuedReader:
     overflowed: int
     overflowed_bytes: int
 
-    def resume(self) -> None:
-        raise NotImplementedError
-
     def ensure_started(self) -> None:
         raise NotImplementedError
 
@@ -164,7 +161,6 @@ class QueuedReader:
         q = self.queue
         if not block:
             timeout = 0
-        self.resume()
         if not q.empty():
             return q.get_nowait()
         try:
@@ -184,7 +180,6 @@ class QueuedReader:
 
     async def get_msgs(self) -> list[Message]:
         """All queued messages, without waiting."""
-        self.resume()
         out = []
         while not self.queue.empty():
             out.append(self.queue.get_nowait())
@@ -192,5 +187,4 @@ class QueuedReader:
 
     async def msg_ready(self) -> bool:
         """Is a message queued?"""
-        self.resume()
         return not self.queue.empty()

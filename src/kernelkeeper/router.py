@@ -122,8 +122,6 @@ class Router:
         self.awaiting = 0
         #: Open subscriptions that take iopub/stdin messages (a listener, or muted).
         self.listening = 0
-        #: Called when a subscription that takes iopub messages opens.
-        self.on_listen: Callable[[], None] = lambda: None
 
     @property
     def replies(self) -> dict[str, asyncio.Future[Message] | ReplySink]:
@@ -166,8 +164,6 @@ class Router:
         sub.listens = listener is not None or mute
         self.awaiting += sub.awaits
         self.listening += sub.listens
-        if sub.listens:
-            self.on_listen()
         return sub
 
     def withdraw(self, msg_id: str, sink: ReplySink) -> None:
