@@ -89,6 +89,32 @@ async def test_formats_execute_and_buffers_both_ways(
     await kc.close()
 
 
+async def test_one_iopub_subscription_per_kernel(gw: Gateway, http: aiohttp.ClientSession) -> None:
+    # The bridge reads iopub through the manager's own subscription (its activity
+    # tracker): one connection to the kernel's iopub port from this process, for
+    # a new kernel, after a restart, and after a WebSocket came and went.
+    import psutil
+
+    kid = await start_kernel(http, gw)
+
+    def iopub_connections() -> int:
+        info = gw.mkm.get_kernel(kid).connection_info
+        assert info is not None
+        mine = psutil.Process().net_connections(kind="tcp")
+        return sum(1 for c in mine if c.raddr and c.raddr.port == info.iopub_port)
+
+    for step in ("new", "restarted"):
+        kc = await WsKernel.connect(http, gw, kid)
+        out, _ = await kc.execute("print('seen')")
+        assert out == "seen\n", step
+        assert iopub_connections() == 1, step
+        await kc.close()
+        if step == "new":
+            r = await http.post(f"{gw.url}api/kernels/{kid}/restart", headers=AUTH)
+            assert r.status == 200
+    assert iopub_connections() == 1
+
+
 async def test_stdin_reaches_the_session(gw: Gateway, http: aiohttp.ClientSession) -> None:
     kid = await start_kernel(http, gw)
     kc = await WsKernel.connect(http, gw, kid)

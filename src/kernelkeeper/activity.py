@@ -32,7 +32,7 @@ from .curve import configure_client
 from .events import KernelEvent
 from .jupyter_session import JupyterSession
 from .manager import AsyncKernelManager
-from .session import Session
+from .session import DELIM, Session
 from .states import KernelState
 
 __all__ = [
@@ -74,6 +74,23 @@ class KernelActivity:
         self._sock: zmq.asyncio.Socket | None = None
         self._task: asyncio.Task[None] | None = None
         self._cancelled: list[asyncio.Task[None]] = []  # to be awaited by aclose()
+        self._taps: list[Callable[[list[bytes]], None]] = []
+
+    def tap(self, callback: Callable[[list[bytes]], None]) -> Callable[[], None]:
+        """Hand every verified iopub message to ``callback`` too, as its parts
+        ``[header, parent, metadata, content, *buffers]``; returns the undo.
+
+        The gateway's bridge reads a kernel's iopub through this subscription
+        rather than a second one of its own: each zmq connection costs the
+        process ~60 KiB, and each message would be verified twice.
+        """
+        self._taps.append(callback)
+
+        def untap() -> None:
+            with contextlib.suppress(ValueError):
+                self._taps.remove(callback)
+
+        return untap
 
     def touch(self) -> None:
         """Count as activity now (a start, a restart, a client request)."""
@@ -129,31 +146,41 @@ class KernelActivity:
                     return
                 log.warning("activity socket error: %s", e)
                 continue
-            msg = session.feed(frames)
-            if msg is None:
-                continue  # forged or malformed: not activity
-            if msg["msg_type"] == "iopub_welcome":
-                self.subscribed = True
-                continue  # our own subscription, not the kernel doing anything
-            session_id = msg["header"].get("session")
-            if session_id in self._stale:
-                continue
-            if session_id != self._last_session:
-                if self._last_session is not None:
-                    self._stale.add(self._last_session)  # a new process: the old one is gone
-                    self.status = None
-                self._last_session = session_id
-            if (
-                msg["msg_type"] == "status"
-                and msg["parent_header"].get("msg_type") == "kernel_info_request"
-            ):
-                continue  # a readiness probe (ours, a gateway's) is not work
-            self.messages += 1
-            self.last_activity = time.time()
-            if msg["msg_type"] == "status":
-                state = msg["content"].get("execution_state")
-                if isinstance(state, str):
-                    self.status = state
+            self._handle(session, frames)
+
+    def _handle(self, session: Session, frames: list[bytes]) -> None:
+        msg = session.feed(frames)
+        if msg is None:
+            return  # forged or malformed: not activity
+        if self._taps:
+            parts = frames[frames.index(DELIM) + 2 :]
+            for tap in list(self._taps):
+                try:
+                    tap(parts)
+                except Exception:  # one bad listener must not end the subscription
+                    log.exception("iopub tap %r failed", tap)
+        if msg["msg_type"] == "iopub_welcome":
+            self.subscribed = True
+            return  # our own subscription, not the kernel doing anything
+        session_id = msg["header"].get("session")
+        if session_id in self._stale:
+            return
+        if session_id != self._last_session:
+            if self._last_session is not None:
+                self._stale.add(self._last_session)  # a new process: the old one is gone
+                self.status = None
+            self._last_session = session_id
+        if (
+            msg["msg_type"] == "status"
+            and msg["parent_header"].get("msg_type") == "kernel_info_request"
+        ):
+            return  # a readiness probe (ours, a gateway's) is not work
+        self.messages += 1
+        self.last_activity = time.time()
+        if msg["msg_type"] == "status":
+            state = msg["content"].get("execution_state")
+            if isinstance(state, str):
+                self.status = state
 
     def _close_socket(self) -> None:
         task, self._task = self._task, None
@@ -164,8 +191,23 @@ class KernelActivity:
         if sock is not None:
             sock.close()
 
-    async def aclose(self) -> None:
-        """Close the socket and wait for the receive task to end."""
+    async def aclose(self, drain: float = 0.05) -> None:
+        """Close the socket and wait for the receive task to end.
+
+        With taps, what the kernel sent last (its final status) is handed to
+        them first: whatever comes within ``drain`` seconds.
+        """
+        sock, session = self._sock, self._session
+        if self._taps and sock is not None and session is not None:
+            task, self._task = self._task, None
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            deadline = time.monotonic() + 20 * drain  # a kernel still flooding: stop
+            with contextlib.suppress(zmq.ZMQError):
+                while await sock.poll(int(drain * 1000)) and time.monotonic() < deadline:
+                    self._handle(session, await sock.recv_multipart())
         self._close_socket()
         tasks, self._cancelled = self._cancelled, []
         for task in tasks:

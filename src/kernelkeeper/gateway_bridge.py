@@ -1,7 +1,10 @@
 """One kernel's zmq side of the gateway's WebSockets.
 
-A :class:`KernelBridge` holds one iopub SUB socket per kernel (its messages
-fan out to every WebSocket of the kernel) and, per client ``session_id``, a
+A :class:`KernelBridge` reads the kernel's iopub (its messages fan out to
+every WebSocket of the kernel) through the multi-kernel manager's own
+subscription (:meth:`KernelActivity.tap
+<kernelkeeper.activity.KernelActivity.tap>`; a SUB socket of its own when
+made without one) and holds, per client ``session_id``, a
 :class:`ClientSession` (:mod:`kernelkeeper.gateway_session`): shell, stdin
 and, once used, control DEALER sockets that share a zmq identity of their own
 (the kernel routes a session's replies and ``input_request`` by it). A
@@ -10,13 +13,11 @@ with the same session_id takes the session over, and while a session has
 no socket its messages are buffered (bounded by bytes and by age) and
 replayed to the next one. A session left alone longer than that is closed.
 
-Readiness. A WebSocket is only attached once the bridge's iopub
-subscription is known to be live: an ``iopub_welcome`` or the status of a
-``kernel_info_request`` probe (sent on control, which a busy kernel still
-answers) reached our SUB socket, and the probe was answered. After a restart
-(or a death) the bridge is *not live* again: messages from clients are held
-back, and sent once the new process is confirmed to reach our SUB socket,
-so the first cell after a restart cannot lose its output.
+Readiness (:mod:`kernelkeeper.gateway_readiness`). A WebSocket is only
+attached once the bridge's iopub subscription is known to be live. After a
+restart (or a death) the bridge is *not live* again: messages from clients
+are held back, and sent once the new process is confirmed to reach the
+subscription, so the first cell after a restart cannot lose its output.
 
 A bridge made for a new kernel (:meth:`GatewayCore.prepare_bridge
 <kernelkeeper.gateway_core.GatewayCore.prepare_bridge>`) instead *adopts* the
@@ -34,23 +35,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
+from .activity import KernelActivity
 from .connection import ConnectionInfo
 from .curve import configure_client
-from .errors import KernelTimeoutError
+from .gateway_readiness import ProbedReadiness
 from .gateway_session import (
     BridgeLimits,
     BridgeStats,
     ClientSession,
-    SignedReceiver,
     Sink,
     is_output,
     log_send_failure,
@@ -81,7 +80,7 @@ CLOSE_KERNEL_GONE = 4004
 CLOSE_GOING_AWAY = 1001
 
 
-class KernelBridge(SignedReceiver):
+class KernelBridge(ProbedReadiness):
     """The gateway's zmq sockets to one kernel, shared by all its WebSockets."""
 
     def __init__(
@@ -92,11 +91,14 @@ class KernelBridge(SignedReceiver):
         context: zmq.asyncio.Context | None = None,
         adopted: dict[str, zmq.asyncio.Socket] | None = None,
         adopted_session: str | None = None,
+        activity: KernelActivity | None = None,
     ) -> None:
         """``adopted``: the connected sockets of a client proven ready (see
         :func:`take_sockets`); the bridge is live at once and its first session
         uses the dealers. ``adopted_session``: that client's session id (the
-        statuses of its own requests are not the clients' business)."""
+        statuses of its own requests are not the clients' business).
+        ``activity``: the manager's subscription to the kernel's iopub, read
+        through :meth:`KernelActivity.tap` instead of a SUB socket of our own."""
         self.kernel_id = kernel_id
         self.limits = limits or BridgeLimits()
         self.stats = BridgeStats()
@@ -104,21 +106,15 @@ class KernelBridge(SignedReceiver):
         self._info = info
         self._context = context or zmq.asyncio.Context.instance()
         self._session = Session(info.key, info.signature_scheme)
-        # The probe's own session id: a parent header naming it is a probe's.
-        self._probe_mark = self._session.session.encode("ascii")
         self._adopted_mark = adopted_session.encode("ascii") if adopted_session else None
-        self._live = asyncio.Event()
-        self._probe_replied = False
-        self._probe_seen = False
-        self._probe_ids: set[str] = set()
         self._held: list[tuple[ClientSession, str, list[bytes]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._reaped: list[asyncio.Task[None]] = []
-        self._probe_task: asyncio.Task[None] | None = None
-        self._probe_deadline = 0.0
         self._closed = False
+        self._init_readiness()
         adopted = dict(adopted or {})
         iopub = adopted.pop("iopub", None)
+        self._untap: Callable[[], None] | None = None
         # Control is opened when a session first uses it (few do; see ClientSession).
         control = adopted.pop("control", None)
         if control is not None:
@@ -133,7 +129,17 @@ class KernelBridge(SignedReceiver):
         # we fall behind a flood, and a lost idle status leaves a client waiting
         # forever. What we hold per client is bounded by the WebSocket send queues.
         # (libzmq applies a changed high-water mark to connected pipes too.)
-        if iopub is None:
+        self._iopub: zmq.asyncio.Socket | None = None
+        if activity is not None:
+            if iopub is not None:
+                iopub.close()
+            self._untap = activity.tap(self._on_tapped)
+            # The manager's subscription reaches the kernel once its welcome came;
+            # before that (or for a kernel that sends none) the probe tells.
+            if adopted_session is not None and activity.subscribed:
+                self._probe_seen = self._probe_replied = True
+                self._live.set()
+        elif iopub is None:
             self._iopub = self._socket(zmq.SUB, "iopub", rcvhwm=0)
             self._iopub.setsockopt(zmq.SUBSCRIBE, b"")
         else:
@@ -142,24 +148,12 @@ class KernelBridge(SignedReceiver):
             self._iopub.setsockopt(zmq.RCVHWM, 0)
             self._probe_seen = self._probe_replied = True
             self._live.set()
-        loop = asyncio.get_running_loop()
-        self._tasks.append(
-            loop.create_task(self.receive(self._iopub, "iopub", self._fan_out), name="kk-gw-iopub")
-        )
-        # Made on the first probe (most kernels are never restarted).
-        self._probes: list[zmq.asyncio.Socket] = []
-
-    def _probe_sockets(self) -> list[zmq.asyncio.Socket]:
-        # Probes go to control (which a busy ipykernel still answers) and to shell
-        # (which every kernel answers), as jupyter_server's nudge does.
-        if not self._probes and not self._closed:
-            loop = asyncio.get_running_loop()
-            self._probes = [self._socket(zmq.DEALER, ch) for ch in ("control", "shell")]
-            for sock, ch in zip(self._probes, ("control", "shell"), strict=True):
-                self._tasks.append(
-                    loop.create_task(self.receive(sock, ch, self._on_probe_reply), name="kk-gw-rx")
+        if self._iopub is not None:
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(
+                    self.receive(self._iopub, "iopub", self._fan_out), name="kk-gw-iopub"
                 )
-        return self._probes
+            )
 
     def _socket(self, kind: int, channel: str, rcvhwm: int | None = None) -> zmq.asyncio.Socket:
         sock = self._context.socket(kind)
@@ -171,11 +165,6 @@ class KernelBridge(SignedReceiver):
         configure_client(sock, self._info)
         sock.connect(self._info.url(channel))
         return sock
-
-    @property
-    def live(self) -> bool:
-        """Is our iopub subscription confirmed for the kernel's current process?"""
-        return self._live.is_set()
 
     # -- receiving ------------------------------------------------------------
 
@@ -195,88 +184,14 @@ class KernelBridge(SignedReceiver):
         for cs in list(self.sessions.values()):
             cs.deliver(channel, parts)
 
-    def _on_probe_reply(self, channel: str, parts: list[bytes]) -> None:
-        if self._current_probe(parts[1]):
-            self._probe_replied = True
-            self._check_live()
-
-    def _current_probe(self, parent: bytes) -> bool:
-        """Is ``parent`` the header of a probe sent since the last reset? (A late answer
-        to an older probe may come from the process a restart is replacing.)"""
-        try:
-            msg_id = json.loads(parent).get("msg_id")
-        except (ValueError, AttributeError):
-            return False
-        return msg_id in self._probe_ids
-
-    def _check_live(self) -> None:
-        if self._probe_seen and self._probe_replied and not self._live.is_set():
-            self._live.set()
-            self._flush()
-
-    # -- readiness --------------------------------------------------------------
+    def _on_tapped(self, parts: list[bytes]) -> None:
+        # Verified by the manager's subscription already.
+        if not self._closed:
+            self._fan_out("iopub", parts)
 
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def reset(self, probe: bool = False) -> None:
-        """A restart or a death: hold the clients' messages until the new process is
-        confirmed to reach us. ``probe``: start probing now (the old process is gone
-        already; a restart we make ourselves probes once it is over, or the old
-        process would answer)."""
-        self._live.clear()
-        self._probe_seen = self._probe_replied = False
-        self._probe_ids.clear()
-        if probe:
-            self.revalidate()
-
-    def revalidate(self) -> None:
-        """The kernel is (re)started: probe until it reaches our sockets, then resume."""
-        self._ensure_probe()
-
-    def _ensure_probe(self) -> asyncio.Task[None]:
-        self._probe_deadline = time.monotonic() + self.limits.ready_timeout
-        task = self._probe_task
-        if task is None or task.done():
-            task = asyncio.get_running_loop().create_task(self._run_probe(), name="kk-gw-probe")
-            # A timeout after a restart has no waiter; it is logged in _run_probe.
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            self._probe_task = task
-        return task
-
-    async def _run_probe(self) -> None:
-        while not self._live.is_set():
-            if self._closed:
-                return
-            remaining = self._probe_deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning(
-                    "kernel %s: no answer to readiness probes in %.0f s",
-                    self.kernel_id,
-                    self.limits.ready_timeout,
-                )
-                self._flush()  # do not hold clients' messages forever
-                raise KernelTimeoutError(
-                    f"Kernel {self.kernel_id} did not answer within {self.limits.ready_timeout:g} s"
-                )
-            for sock in self._probe_sockets():
-                msg = self._session.msg("kernel_info_request")
-                self._probe_ids.add(msg["msg_id"])
-                await sock.send_multipart(self._session.serialize(msg))
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
-                    self._live.wait(), min(remaining, self.limits.probe_interval)
-                )
-
-    async def wait_live(self) -> None:
-        """Return once the bridge is live; :class:`KernelTimeoutError` after the deadline."""
-        if self._live.is_set():
-            return
-        task = self._probe_task
-        if task is None or task.done():
-            task = self._ensure_probe()
-        await asyncio.shield(task)
 
     def drop_held(self) -> None:
         """Forget the clients' messages held for a kernel that is dead for good."""
@@ -343,14 +258,16 @@ class KernelBridge(SignedReceiver):
     async def drain(self, timeout: float = 0.05) -> None:
         """Deliver what the kernel already sent on iopub (its final status), waiting at
         most ``timeout`` s for bytes still in flight."""
+        # Tapped: the manager's subscription hands its last messages over as it closes.
         task = self._tasks[0] if self._tasks else None
-        if task is None or self._iopub.closed:
+        iopub = self._iopub
+        if task is None or iopub is None or iopub.closed:
             return
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        while await self._iopub.poll(int(timeout * 1000)):
-            frames = await self._iopub.recv_multipart()
+        while await iopub.poll(int(timeout * 1000)):
+            frames = await iopub.recv_multipart()
             self._dispatch(frames, "iopub", self._fan_out)
 
     async def aclose(self) -> None:
@@ -366,7 +283,11 @@ class KernelBridge(SignedReceiver):
         self.sessions.clear()
         self._held.clear()
         tasks += self._reaped
-        self._iopub.close()
+        untap, self._untap = self._untap, None
+        if untap is not None:
+            untap()
+        if self._iopub is not None:
+            self._iopub.close()
         for sock in [*self._probes, *(self._spare or {}).values()]:
             sock.close()
         self._spare = None

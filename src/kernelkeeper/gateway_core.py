@@ -245,7 +245,10 @@ class GatewayCore:
         b = self.bridges.get(kernel_id)
         if b is None:
             b = self.bridges[kernel_id] = KernelBridge(
-                kernel_id, self._info(kernel_id), self.bridge_limits
+                kernel_id,
+                self._info(kernel_id),
+                self.bridge_limits,
+                activity=self.mkm.activity(kernel_id),
             )
         return b
 
@@ -286,6 +289,7 @@ class GatewayCore:
                 self.bridge_limits,
                 adopted=sockets,
                 adopted_session=kc.session.session,
+                activity=self.mkm.activity(kernel_id),
             )
             self.bridges[kernel_id] = b
             return b

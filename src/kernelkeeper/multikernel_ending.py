@@ -121,8 +121,10 @@ class KernelEnding(KernelTable):
         entry = self._entry(kernel_id)
         last = entry.activity.last_activity
         log.info("Culling kernel %s (%s): %s", kernel_id, entry.kernel_name, reason)
-        await self.shutdown_kernel(kernel_id)
+        # Before the shutdown: whoever sees the kernel end (a gateway closing its
+        # sockets on the shutdown event) and asks for its model finds the reason.
         self._culled[kernel_id] = Tombstone(entry.kernel_name, reason, time.time(), last)
+        await self.shutdown_kernel(kernel_id)
         self.metrics.culls.inc(kernel_name=entry.kernel_name)
         self._emit(
             KernelEvent(

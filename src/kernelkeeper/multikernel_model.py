@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .activity import KernelRecord, Tombstone, iso_utc
+from .activity import KernelActivity, KernelRecord, Tombstone, iso_utc
 from .callbacks import dispatcher
 from .client import AsyncKernelClient
 from .culling import Culler, CullPolicy, KernelActivityView
@@ -105,6 +105,11 @@ class ActivityMethods(KernelTable):
             kc = self.get_kernel(kernel_id).client(**kwargs)
         entry.clients.add(kc)
         return kc
+
+    def activity(self, kernel_id: str) -> KernelActivity:
+        """What the manager reads from the kernel's iopub (its subscription can be
+        tapped: :meth:`KernelActivity.tap`)."""
+        return self._entry(kernel_id).activity
 
     def add_connection(self, kernel_id: str) -> None:
         """Count one more connection (a gateway's websocket) to the kernel."""
