@@ -138,6 +138,7 @@ class KernelActivity:
     async def _receive(self, sock: zmq.asyncio.Socket) -> None:
         session = self._session
         assert session is not None
+        received = 0
         while True:
             try:
                 frames = await sock.recv_multipart()
@@ -147,6 +148,12 @@ class KernelActivity:
                 log.warning("activity socket error: %s", e)
                 continue
             self._handle(session, frames)
+            received += 1
+            if received % 8 == 0:
+                # A receive that finds a message waiting completes without giving
+                # the loop a turn: under a flood of output, the taps' consumers
+                # (a gateway's WebSocket writers) would never run.
+                await asyncio.sleep(0)
 
     def _handle(self, session: Session, frames: list[bytes]) -> None:
         msg = session.feed(frames)
