@@ -111,7 +111,9 @@ async def test_aclose_while_kernels_are_starting() -> None:
     await pool.start()
     await until(lambda: pool.starting == 2)
     await pool.aclose()  # the leak check of conftest sees any process or file left
-    assert pool.size == 0 and pool.starting == 0 and pool.started == 0
+    # A forked start (~70 ms) may finish just before the close, which ends that
+    # kernel too: ``started`` then counts it, and nothing is left either way.
+    assert pool.size == 0 and pool.starting == 0
 
 
 async def test_take_hands_out_a_ready_kernel_and_refills() -> None:

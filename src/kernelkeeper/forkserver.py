@@ -161,6 +161,8 @@ class _Template:
         self.hello: Future[dict[str, Any]] = Future()
         self._reading = False
         self._lock = threading.Lock()
+        #: Threads waiting for the reply of a fork whose start was cancelled.
+        self._abandoning: list[threading.Thread] = []
         self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.popen = subprocess.Popen(
@@ -241,15 +243,22 @@ class _Template:
         finally:
             theirs.close()
         mine.setblocking(False)
+        seen: list[tuple[bytes, list[int]]] = []
         try:
-            msg, got = await recv_with_fds(mine, REPLY_TIMEOUT)
+            msg, got = await recv_with_fds(mine, REPLY_TIMEOUT, seen)
         except asyncio.TimeoutError:
             mine.close()
             self.close(kill=True)
             raise TemplateError("the template did not answer") from None
         except BaseException:
-            # Cancelled: the fork may have happened. Its reply comes within moments.
-            self._abandon(mine)
+            # Cancelled: the fork may have happened. Its reply was read already
+            # (the cancellation came just after), or is still to come: waited for
+            # on a thread of its own, not on this loop (seen waiting 5 s and more
+            # while the loop was held), and its kernel killed when it does.
+            if seen:
+                self._abandon(mine, seen[0])
+            else:
+                self._abandon_later(mine)
             raise
         reply = json.loads(msg) if msg else {"error": "the template died"}
         if "pid" not in reply or len(got) != 1:
@@ -259,19 +268,32 @@ class _Template:
             raise TemplateError(str(reply.get("error", reply)), bool(reply.get("unsafe")))
         return ForkedProcess(int(reply["pid"]), got[0], mine)
 
+    def _abandon_later(self, mine: socket.socket) -> None:
+        self._abandoning = [t for t in self._abandoning if t.is_alive()]
+        t = threading.Thread(
+            target=self._abandon, args=(mine,), name="kk-fork-abandon", daemon=True
+        )
+        self._abandoning.append(t)  # each ends within REPLY_TIMEOUT
+        t.start()
+
     @staticmethod
-    def _abandon(mine: socket.socket) -> None:
-        mine.setblocking(True)
-        mine.settimeout(5.0)
-        try:
-            msg, anc, _f, _a = mine.recvmsg(MAX_MSG, socket.CMSG_SPACE(4 * 4))
-        except OSError:
-            mine.close()
-            return
-        fds = array.array("i")
-        for level, kind, data in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    def _abandon(mine: socket.socket, received: tuple[bytes, list[int]] | None = None) -> None:
+        """Kill the kernel of a fork whose start was cancelled (``received``: its
+        reply, if it was read already; else it is waited for, blocking)."""
+        if received is None:
+            mine.setblocking(True)
+            mine.settimeout(REPLY_TIMEOUT)
+            try:
+                msg, anc, _f, _a = mine.recvmsg(MAX_MSG, socket.CMSG_SPACE(4 * 4))
+            except OSError:
+                mine.close()
+                return
+            fds = array.array("i")
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        else:
+            msg, fds = received[0], array.array("i", received[1])
         reply = json.loads(msg) if msg else {}
         if "pid" in reply and fds:
             ForkedProcess(int(reply["pid"]), fds[0], mine).abandon()

@@ -28,8 +28,15 @@ REPLY_TIMEOUT = 30.0
 MAX_MSG = 1 << 16
 
 
-async def recv_with_fds(sock: socket.socket, timeout: float) -> tuple[bytes, list[int]]:
-    """One message and the fds it carries from a non-blocking unix socket (b"" at EOF)."""
+async def recv_with_fds(
+    sock: socket.socket, timeout: float, seen: list[tuple[bytes, list[int]]] | None = None
+) -> tuple[bytes, list[int]]:
+    """One message and the fds it carries from a non-blocking unix socket (b"" at EOF).
+
+    ``seen`` also gets the message as soon as it is read: a wait cancelled
+    around then (its result never returned; the message may even be read while
+    the cancellation is under way) must not lose what it carried.
+    """
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[tuple[bytes, list[int]]] = loop.create_future()
 
@@ -44,9 +51,15 @@ async def recv_with_fds(sock: socket.socket, timeout: float) -> tuple[bytes, lis
         for level, kind, data in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        got = (msg, list(fds))
+        if seen is not None:
+            seen.append(got)
         if not fut.done():
-            fut.set_result((msg, list(fds)))
-        else:  # pragma: no cover - one message per wait
+            fut.set_result(got)
+        elif seen is None:
+            # The wait was cancelled, and its cancellation lets the loop run
+            # before this reader is removed (wait_for waits for the inner
+            # future to settle): nobody takes what this message carried.
             for fd in fds:
                 os.close(fd)
 
