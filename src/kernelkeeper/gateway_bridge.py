@@ -130,15 +130,16 @@ class KernelBridge(ProbedReadiness):
         # forever. What we hold per client is bounded by the WebSocket send queues.
         # (libzmq applies a changed high-water mark to connected pipes too.)
         self._iopub: zmq.asyncio.Socket | None = None
-        if activity is not None:
+        # The manager's subscription is known to reach the kernel once its welcome
+        # came. An adopted client's may have subscribed first (a pool hit's):
+        # ipykernel's XPUB then welcomes no second subscriber, so that client's
+        # proven socket is kept rather than probing the manager's.
+        if activity is not None and (iopub is None or activity.subscribed):
             if iopub is not None:
                 iopub.close()
-            self._untap = activity.tap(self._on_tapped)
-            # The manager's subscription reaches the kernel once its welcome came;
-            # before that (or for a kernel that sends none) the probe tells.
-            if adopted_session is not None and activity.subscribed:
                 self._probe_seen = self._probe_replied = True
                 self._live.set()
+            self._untap = activity.tap(self._on_tapped)
         elif iopub is None:
             self._iopub = self._socket(zmq.SUB, "iopub", rcvhwm=0)
             self._iopub.setsockopt(zmq.SUBSCRIBE, b"")
