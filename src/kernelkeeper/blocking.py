@@ -36,7 +36,7 @@ import zmq
 from . import loopthread
 from .blocking_channels import BlockingChannel, BlockingHBChannel
 from .boundary import mapped, translate
-from .channels import MsgId, connect_socket
+from .channels import MsgId, RawSockets, connect_socket
 from .client import AsyncKernelClient, CellResult, ConnectionSource
 from .errors import ConnectionFileError, KernelTimeoutError
 from .execution import maybe_await
@@ -92,7 +92,7 @@ def _fast_request(name: str, req: Request) -> Callable[..., Any]:
 
 @derive(AsyncKernelClient)
 @_fast_requests
-class BlockingKernelClient(Face):
+class BlockingKernelClient(Face, RawSockets):
     """A kernel client with blocking methods (jupyter_client's BlockingKernelClient API).
 
     Build it from connection info (a :class:`ConnectionInfo`, a dict or a
@@ -195,33 +195,14 @@ class BlockingKernelClient(Face):
         return reply
 
     # Raw sockets for a blocking caller: plain zmq sockets (the async client's
-    # are asyncio sockets of its loop), as jupyter_client's blocking client gives.
+    # are asyncio sockets of its loop), as jupyter_client's blocking client gives;
+    # connect_shell ... connect_hb come from RawSockets.
 
     def _connect(self, channel: str, identity: bytes | None) -> Any:
         info = self._async.connection_info
         if info is None:
             raise ConnectionFileError("The client has no connection info; load it first")
         return connect_socket(zmq.Context.instance(), info, channel, identity)
-
-    def connect_shell(self, identity: bytes | None = None) -> Any:
-        """A zmq socket connected to the shell channel (the caller closes it)."""
-        return self._connect("shell", identity)
-
-    def connect_iopub(self, identity: bytes | None = None) -> Any:
-        """A zmq socket subscribed to the iopub channel."""
-        return self._connect("iopub", identity)
-
-    def connect_stdin(self, identity: bytes | None = None) -> Any:
-        """A zmq socket connected to the stdin channel."""
-        return self._connect("stdin", identity)
-
-    def connect_control(self, identity: bytes | None = None) -> Any:
-        """A zmq socket connected to the control channel."""
-        return self._connect("control", identity)
-
-    def connect_hb(self, identity: bytes | None = None) -> Any:
-        """A zmq REQ socket connected to the heartbeat."""
-        return self._connect("hb", identity)
 
     def __enter__(self) -> BlockingKernelClient:
         self.start_channels()
