@@ -20,7 +20,13 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 from helpers import kernel_script
-from kernelkeeper import AsyncKernelManager, states
+from kernelkeeper import AsyncKernelManager, forkserver, states
+
+# With the fork server on (the default), the default kernels' templates are
+# started before the first test and outlive each test (see forkserver_plugin);
+# ``KERNELKEEPER_FORKSERVER=0`` runs the suite with every kernel spawned.
+if forkserver.supported() and forkserver.enabled() and "tests.forkserver_plugin" not in sys.modules:
+    pytest_plugins = ["forkserver_plugin"]
 
 # Every state change in the suite is checked against the transition table:
 # one that is not in it fails the test that caused it.

@@ -1,16 +1,14 @@
 """Run the suite with kernels forked from fork-server templates.
 
-``.venv/bin/python -m pytest -p tests.forkserver_plugin [tests...]`` turns
-the fork server on for every test (``KERNELKEEPER_FORKSERVER=1``). The
+``tests/conftest.py`` loads this plugin whenever the fork server is on, which
+is the default (``KERNELKEEPER_FORKSERVER=0`` runs the suite with every
+kernel spawned instead; ``-p tests.forkserver_plugin`` forces it on). The
 templates of the default kernels (``python3`` and the default kernel type)
 are started once, before the first test, so that every start of those
 kernels is forked, the first in a test included; they predate every test,
 so the suite's leak check does not count them. A template a test brings up
 itself (for a kernelspec of its own) is closed after that test, before the
 leak check, and one a test closed is started again before the next test.
-Without the plugin, the suite runs with the default
-(``kernelkeeper.forkserver.DEFAULT_ENABLED``) or what
-``KERNELKEEPER_FORKSERVER`` says.
 """
 
 from __future__ import annotations

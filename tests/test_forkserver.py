@@ -355,7 +355,7 @@ async def test_env_read_at_import_bypasses_the_template(
 async def test_switch_off_and_independent_kernels_spawn(
     managers: Callable[..., AsyncKernelManager], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert forkserver.DEFAULT_ENABLED is False
+    assert forkserver.DEFAULT_ENABLED is True
     monkeypatch.delenv(forkserver.ENV_VAR)
     assert forkserver.enabled() is forkserver.DEFAULT_ENABLED
     assert forkserver.enabled(True) is True

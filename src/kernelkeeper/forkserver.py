@@ -83,7 +83,7 @@ __all__ = [
 log = logging.getLogger("kernelkeeper.forkserver")
 
 #: Whether starts use a template when neither the environment nor the caller says.
-DEFAULT_ENABLED = False
+DEFAULT_ENABLED = True
 #: ``1``: use templates, ``0``: do not (overrides :data:`DEFAULT_ENABLED`).
 ENV_VAR = "KERNELKEEPER_FORKSERVER"
 #: Environment variables read at interpreter start-up or import: a start whose
