@@ -29,31 +29,20 @@ import asyncio
 import contextlib
 import logging
 import os
-import shlex
 import shutil
 import signal as _signal
 import socket
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from . import connection as _conn
 from .connection import ConnectionInfo
 from .errors import KernelError, KernelStartError
 from .finder import KernelProvider, KernelSpecProvider
 from .kernelspec import KernelSpec
 from .registration import Registrar
-from .remote import (
-    RemoteKernelManager,
-    await_report,
-    curve_keys,
-    launcher_sources,
-    new_token,
-    node_settings,
-    remote_python,
-    reported_info,
-)
+from .remote import RemoteKernelManager, launcher_script, remote_python
 from .remote_config import SlurmOptions, slurm_options
+from .remote_start import RemoteStart
 
 __all__ = ["SlurmError", "SlurmJobManager", "SlurmProvider", "launch_slurm"]
 
@@ -247,28 +236,8 @@ class SlurmJobManager(RemoteKernelManager):
 
 
 def _batch_script(python: str, settings: Mapping[str, Any]) -> str:
-    import json
-
-    mark = f"KK_EOF_{uuid.uuid4().hex}"
-    lines = [
-        "#!/bin/sh",
-        "# kernelkeeper: a kernel as a batch job (settings, key included, on the launcher's stdin)",
-        "umask 077",
-        'd=$(mktemp -d "${TMPDIR:-/tmp}/kk-remote-XXXXXXXX") || exit 1',
-    ]
-    for name, source in launcher_sources().items():
-        lines += [f"cat > \"$d/{name}\" <<'{mark}'", source.rstrip("\n"), mark]
-    py = shlex.quote(python)
-    lines += [
-        f"if ! command -v {py} >/dev/null 2>&1; then",
-        f'  echo "kernelkeeper: no interpreter {py} on $(hostname)" >&2; rm -rf "$d"; exit 127',
-        "fi",
-        f"exec {py} \"$d/_remote_launcher.py\" <<'{mark}'",
-        json.dumps(dict(settings), separators=(",", ":")),
-        mark,
-        "",
-    ]
-    return "\n".join(lines)
+    about = "a kernel as a batch job (settings, key included, on the launcher's stdin)"
+    return f"#!/bin/sh\n# kernelkeeper: {about}\n" + launcher_script(python, settings)
 
 
 def _connect_host(options: SlurmOptions) -> str:
@@ -326,37 +295,24 @@ async def launch_slurm(
     ``independent``, ``transport``, ``ip``) are ignored.
     """
     options = slurm_options(remote_options)
-    kernel_id = kernel_id or str(uuid.uuid4())
-    name = kernel_name or spec.name
-    cf = connection_file or _conn.connection_file_path(kernel_id)
-    key = connection_info.key if connection_info is not None and connection_info.key else None
-    info = ConnectionInfo(key=key or _conn.new_key(), kernel_name=name)
-    keys = curve_keys(transport_encryption, spec, connection_info)
+    start = RemoteStart.new(
+        spec, kernel_id, connection_file, connection_info, kernel_name, transport_encryption
+    )
     slurm = _Slurm(options.commands_timeout)
     registrar = Registrar.get(options.registration_address)
-    token = new_token(kernel_id)
-    settings = node_settings(
-        spec,
-        info,
-        token=token,
-        register_url=registrar.url_for(_connect_host(options)),
-        kernel_name=name,
-        previous=connection_info,
-        env=env,
-        cwd=cwd,
-        extra_arguments=extra_arguments,
-        keys=keys,
+    settings = start.settings(
+        registrar.url_for(_connect_host(options)), env=env, cwd=cwd, extra_arguments=extra_arguments
     )
     script = _batch_script(remote_python(spec, options.python), settings)
-    report_fut = registrar.expect(token, info.key)
+    report_fut = registrar.expect(start.token, start.info.key)
     job_id: str | None = None
     try:
-        argv = ["sbatch", "--parsable", *options.sbatch_options(name)]
+        argv = ["sbatch", "--parsable", *options.sbatch_options(start.name)]
         rc, out, err = await slurm.run(*argv, stdin=script.encode())
         if rc != 0:
-            raise SlurmError(f"Slurm refused kernel {name!r}: {err.strip() or out.strip()}")
+            raise SlurmError(f"Slurm refused kernel {start.name!r}: {err.strip() or out.strip()}")
         job_id = out.strip().split(";")[0]
-        log.info("Kernel %s submitted as Slurm job %s", kernel_id, job_id)
+        log.info("Kernel %s submitted as Slurm job %s", start.kernel_id, job_id)
         ended = asyncio.ensure_future(_until_ended(slurm, job_id, options.pending_poll_interval))
 
         async def why_late() -> str:
@@ -367,37 +323,23 @@ async def launch_slurm(
             return _describe(job_id or "", *ended.result())
 
         try:
-            report = await await_report(
-                report_fut,
-                ended,
-                timeout=startup_timeout,
-                name=name,
-                why_late=why_late,
-                why_ended=why_ended,
+            report = await start.report(
+                report_fut, ended, timeout=startup_timeout, why_late=why_late, why_ended=why_ended
             )
         finally:
-            ended.cancel()
+            # start.report cancelled the polling; it has stopped once this returns.
             with contextlib.suppress(asyncio.CancelledError, KernelError):
                 await ended
-        info = reported_info(info, report, keys=keys, policy=transport_encryption)
-        _conn.write_connection_file(
-            info, cf, replace_own=connection_info is not None and connection_info.has_ports
-        )
+        info = start.reported(report)
+        start.write(info)
     except BaseException:
         if job_id is not None:
             await asyncio.shield(_cancel_and_wait(slurm, job_id))
         raise
     finally:
-        await registrar.release(token)
+        await registrar.release(start.token)
     km = SlurmJobManager(
-        info,
-        job_id=job_id,
-        slurm=slurm,
-        options=options,
-        kernel_id=kernel_id,
-        pid=int(report.get("pid", 0)),
-        hostname=str(report.get("hostname", "")),
-        files_to_cleanup=[cf],
+        info, job_id=job_id, slurm=slurm, options=options, **start.manager_args(report)
     )
     km.start_watching()
     return info, km

@@ -25,28 +25,17 @@ import contextlib
 import json
 import logging
 import os
-import shlex
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from . import connection as _conn
 from .connection import ConnectionInfo
 from .errors import ConfigurationError, KernelStartError, NoSuchKernel
 from .finder import KernelProvider, KernelSpecProvider
 from .kernelspec import KernelSpec
 from .registration import Registrar
-from .remote import (
-    RemoteKernelManager,
-    await_report,
-    curve_keys,
-    launcher_sources,
-    new_token,
-    node_settings,
-    remote_python,
-    reported_info,
-)
+from .remote import RemoteKernelManager, launcher_script, remote_python
 from .remote_config import SshOptions, load_config, ssh_options
+from .remote_start import RemoteStart
 
 __all__ = ["SshKernelManager", "SshProvider", "launch_ssh"]
 
@@ -64,26 +53,6 @@ def _asyncssh() -> Any:
             "SSH kernels need asyncssh: pip install 'kernelkeeper[ssh]'"
         ) from e
     return asyncssh
-
-
-def _remote_command(python: str) -> str:
-    """A shell command that unpacks the launchers into a private directory and runs them."""
-    mark = f"KK_EOF_{uuid.uuid4().hex}"
-    lines = [
-        "umask 077",
-        'd=$(mktemp -d "${TMPDIR:-/tmp}/kk-remote-XXXXXXXX") || exit 1',
-    ]
-    for name, source in launcher_sources().items():
-        lines += [f"cat > \"$d/{name}\" <<'{mark}'", source.rstrip("\n"), mark]
-    # stdin stays the SSH channel: the settings line, then EOF when the link drops.
-    py = shlex.quote(python)
-    lines += [
-        f"if ! command -v {py} >/dev/null 2>&1; then",
-        f'  echo "kernelkeeper: no interpreter {py} on $(hostname)" >&2; rm -rf "$d"; exit 127',
-        "fi",
-        f'exec {py} "$d/_remote_launcher.py"',
-    ]
-    return "\n".join(lines) + "\n"
 
 
 class SshKernelManager(RemoteKernelManager):
@@ -114,10 +83,6 @@ class SshKernelManager(RemoteKernelManager):
         self._listeners = list(listeners)
         self._stderr_task = stderr_task
         self._tail = tail
-
-    def __repr__(self) -> str:
-        state = "alive" if self._returncode is None else f"exited({self._returncode})"
-        return f"<SshKernelManager {self.hostname}:{self.pid} {state}>"
 
     async def _follow(self) -> tuple[int, str]:
         # The server pushes the command's exit; a lost connection closes it too.
@@ -250,13 +215,9 @@ async def launch_ssh(
     """
     options = ssh_options(host, remote_options)
     asyncssh = _asyncssh()
-    kernel_id = kernel_id or str(uuid.uuid4())
-    name = kernel_name or spec.name
-    cf = connection_file or _conn.connection_file_path(kernel_id)
-    key = connection_info.key if connection_info is not None and connection_info.key else None
-    info = ConnectionInfo(key=key or _conn.new_key(), kernel_name=name)
-    keys = curve_keys(transport_encryption, spec, connection_info)
-    token = new_token(kernel_id)
+    start = RemoteStart.new(
+        spec, kernel_id, connection_file, connection_info, kernel_name, transport_encryption
+    )
     conn = await _connect(options)
     listeners: list[Any] = []
     process: Any = None
@@ -275,23 +236,18 @@ async def launch_ssh(
             ours = options.connect_address or conn.get_extra_info("sockname")[0]
             register_url = registrar.url_for(ours)
             kernel_ip = None
-        settings = node_settings(
-            spec,
-            info,
-            token=token,
-            register_url=register_url,
-            kernel_name=name,
-            previous=connection_info,
+        settings = start.settings(
+            register_url,
             env=env,
             cwd=cwd,
             extra_arguments=extra_arguments,
-            keys=keys,
             ip=kernel_ip,
             watch_stdin=True,
         )
-        report_fut = registrar.expect(token, info.key)
-        python = remote_python(spec, options.python)
-        process = await conn.create_process(_remote_command(python), encoding=None)
+        report_fut = registrar.expect(start.token, start.info.key)
+        # No settings in the script: they go on its stdin, the SSH channel (below).
+        script = launcher_script(remote_python(spec, options.python))
+        process = await conn.create_process(script, encoding=None)
         stderr_task = asyncio.get_running_loop().create_task(_read_tail(process.stderr, tail))
         process.stdin.write(json.dumps(settings).encode() + b"\n")
         ended = asyncio.ensure_future(process.wait_closed())
@@ -302,18 +258,10 @@ async def launch_ssh(
         async def why_ended() -> str:
             return f"exit status {process.exit_status} on {options.hostname}" + _tail_text(tail)
 
-        try:
-            report = await await_report(
-                report_fut,
-                ended,
-                timeout=startup_timeout,
-                name=name,
-                why_late=why_late,
-                why_ended=why_ended,
-            )
-        finally:
-            ended.cancel()
-        info = reported_info(info, report, keys=keys, policy=transport_encryption)
+        report = await start.report(
+            report_fut, ended, timeout=startup_timeout, why_late=why_late, why_ended=why_ended
+        )
+        info = start.reported(report)
         if options.tunnel:
             local_ports = {}
             for ch, port in info.ports.items():
@@ -321,17 +269,15 @@ async def launch_ssh(
                 listeners.append(fwd)
                 local_ports[f"{ch}_port"] = fwd.get_port()
             info = info.replace(ip="127.0.0.1", **local_ports)
-        _conn.write_connection_file(
-            info, cf, replace_own=connection_info is not None and connection_info.has_ports
-        )
+        start.write(info)
     except BaseException as e:
         await asyncio.shield(_abandon(conn, process, listeners, stderr_task))
         if isinstance(e, (asyncssh.Error, OSError)):
-            raise KernelStartError(f"Kernel {name!r} on {options.hostname}: {e}") from e
+            raise KernelStartError(f"Kernel {start.name!r} on {options.hostname}: {e}") from e
         raise
     finally:
         if registrar is not None:
-            await registrar.release(token)
+            await registrar.release(start.token)
     km = SshKernelManager(
         info,
         conn=conn,
@@ -340,10 +286,7 @@ async def launch_ssh(
         listeners=listeners,
         stderr_task=stderr_task,
         tail=tail,
-        kernel_id=kernel_id,
-        pid=int(report.get("pid", 0)),
-        hostname=str(report.get("hostname", options.hostname)),
-        files_to_cleanup=[cf],
+        **start.manager_args(report, options.hostname),
     )
     km.start_watching()
     return info, km

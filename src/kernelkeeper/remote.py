@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
+import shlex
 import sys
 import time
 import uuid
@@ -41,6 +43,7 @@ __all__ = [
     "HeartbeatPinger",
     "RemoteKernelManager",
     "curve_keys",
+    "launcher_script",
     "launcher_sources",
     "node_settings",
     "remote_python",
@@ -61,6 +64,39 @@ def launcher_sources() -> dict[str, str]:
         with open(os.path.join(_HERE, name), encoding="utf-8") as f:
             out[name] = f.read()
     return out
+
+
+def launcher_script(python: str, settings: Mapping[str, Any] | None = None) -> str:
+    """A shell script that unpacks the launchers into a private directory and
+    runs ``_remote_launcher.py`` with ``python``.
+
+    With ``settings``, they reach the launcher's stdin as a here-document (a
+    batch job has no stdin of its own); without, the launcher reads the
+    script's stdin (an SSH channel: the settings line, then EOF when the link
+    drops).
+    """
+    mark = f"KK_EOF_{uuid.uuid4().hex}"
+    lines = [
+        "umask 077",
+        'd=$(mktemp -d "${TMPDIR:-/tmp}/kk-remote-XXXXXXXX") || exit 1',
+    ]
+    for name, source in launcher_sources().items():
+        lines += [f"cat > \"$d/{name}\" <<'{mark}'", source.rstrip("\n"), mark]
+    py = shlex.quote(python)
+    lines += [
+        f"if ! command -v {py} >/dev/null 2>&1; then",
+        f'  echo "kernelkeeper: no interpreter {py} on $(hostname)" >&2; rm -rf "$d"; exit 127',
+        "fi",
+    ]
+    if settings is None:
+        lines.append(f'exec {py} "$d/_remote_launcher.py"')
+    else:
+        lines += [
+            f"exec {py} \"$d/_remote_launcher.py\" <<'{mark}'",
+            json.dumps(dict(settings), separators=(",", ":")),
+            mark,
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def _ipykernel_args(argv: Sequence[str]) -> list[str] | None:
