@@ -82,7 +82,7 @@ class KernelActivity:
 
         The gateway's bridge reads a kernel's iopub through this subscription
         rather than a second one of its own: each zmq connection costs the
-        process ~60 KiB, and each message would be verified twice.
+        process ~30 KiB, and each message would be verified twice.
         """
         self._taps.append(callback)
 

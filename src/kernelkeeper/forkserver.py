@@ -61,7 +61,7 @@ from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Future
 from typing import IO, Any
 
-from .forkserver_child import MAX_MSG, REPLY_TIMEOUT, ForkedProcess, recv_with_fds
+from .forkserver_child import REPLY_TIMEOUT, ForkedProcess, recv_fds_now, recv_with_fds
 from .guard import watch_fd, watch_id
 
 __all__ = [
@@ -284,16 +284,11 @@ class _Template:
             mine.setblocking(True)
             mine.settimeout(REPLY_TIMEOUT)
             try:
-                msg, anc, _f, _a = mine.recvmsg(MAX_MSG, socket.CMSG_SPACE(4 * 4))
+                received = recv_fds_now(mine)
             except OSError:
                 mine.close()
                 return
-            fds = array.array("i")
-            for level, kind, data in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-        else:
-            msg, fds = received[0], array.array("i", received[1])
+        msg, fds = received
         reply = json.loads(msg) if msg else {}
         if "pid" in reply and fds:
             ForkedProcess(int(reply["pid"]), fds[0], mine).abandon()

@@ -19,13 +19,23 @@ import socket
 
 from .subproc import ReportedProcess
 
-__all__ = ["ForkedProcess", "recv_with_fds"]
+__all__ = ["ForkedProcess", "recv_fds_now", "recv_with_fds"]
 
 log = logging.getLogger("kernelkeeper.forkserver")
 
 #: How long a fork's reply or exit report may take.
 REPLY_TIMEOUT = 30.0
 MAX_MSG = 1 << 16
+
+
+def recv_fds_now(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One message and the fds it carries (up to 4), read now: what ``recvmsg`` raises, raised."""
+    fds = array.array("i")
+    msg, anc, _flags, _addr = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(4 * fds.itemsize))
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return msg, list(fds)
 
 
 async def recv_with_fds(
@@ -41,17 +51,12 @@ async def recv_with_fds(
     fut: asyncio.Future[tuple[bytes, list[int]]] = loop.create_future()
 
     def readable() -> None:
-        fds = array.array("i")
         try:
-            msg, anc, _flags, _addr = sock.recvmsg(MAX_MSG, socket.CMSG_SPACE(4 * fds.itemsize))
+            got = recv_fds_now(sock)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            msg, anc = b"", []
-        for level, kind, data in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-        got = (msg, list(fds))
+            got = (b"", [])
         if seen is not None:
             seen.append(got)
         if not fut.done():
@@ -60,7 +65,7 @@ async def recv_with_fds(
             # The wait was cancelled, and its cancellation lets the loop run
             # before this reader is removed (wait_for waits for the inner
             # future to settle): nobody takes what this message carried.
-            for fd in fds:
+            for fd in got[1]:
                 os.close(fd)
 
     loop.add_reader(sock.fileno(), readable)
