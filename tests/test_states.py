@@ -280,6 +280,35 @@ def _status(msg: Any, state: str, parent_type: str) -> bool:
     )
 
 
+async def test_a_clients_ready_reply_ends_starting_even_if_every_status_is_lost() -> None:
+    # Right after a restart a probe's idle can be published before the client's
+    # new subscription reaches the kernel, and is then lost; the kernel_info
+    # reply (on shell) still tells the manager the kernel is up.
+    km = AsyncKernelManager()
+    rec = Checked()
+    km.add_event_listener(rec)
+    await km.start_kernel()
+    kc = km.client()
+    kc.status_hook = None  # as if no status ever reached the manager
+    try:
+        await km.restart_kernel()
+        assert km.state is S.STARTING
+        reply = await kc.wait_for_ready(READY)
+        assert km.state is S.IDLE
+        await rec.wait(lambda evs: evs[-1].kind == "state" and evs[-1].state is S.IDLE, READY)
+        # A reply signed by a process since replaced is stale and moves nothing.
+        await km.restart_kernel()
+        assert km.state is S.STARTING
+        kc.ready_hook(reply)  # type: ignore[misc]
+        assert km.state is S.STARTING
+        await kc.wait_for_ready(READY)
+        assert km.state is S.IDLE
+    finally:
+        await kc.aclose()
+        await km.shutdown_kernel(now=True)
+    assert rec.bad == []
+
+
 @pytest.mark.parametrize("ready", ["wait_ready", "wait_for_ready"])
 async def test_restart_with_a_client_ends_idle_whatever_probes_and_old_statuses_say(
     ready: str,
@@ -315,7 +344,10 @@ async def test_restart_with_a_client_ends_idle_whatever_probes_and_old_statuses_
         kc2.start_channels()
         await kc2.wait_for_ready(READY)
         assert km.state is S.IDLE
-        # Also once the probe's own idle (after its busy) has arrived.
+        # Also once a probe's own idle (after its busy) has arrived. The
+        # handshake's may have been published before kc2's subscription was in
+        # place; one sent now that it is proven cannot be lost.
+        await kc2.kernel_info(reply=True, timeout=READY)
         await asyncio.wait_for(probe_idle.wait(), READY)
         assert km.state is S.IDLE
         assert [e for e in rec.events[before:] if e.kind == "state"] == []

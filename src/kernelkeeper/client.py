@@ -120,6 +120,11 @@ class AsyncKernelClient(KernelRequests, ExecutionMethods, KernelEndpoint):
         self.ready_proof: int | None = None
         #: Called (on the loop) with every iopub status message; the manager tracks busy/idle.
         self.status_hook: Callable[[Message], None] | None = None
+        #: Called (on the loop) with the kernel_info reply that ends a successful
+        #: ``wait_for_ready``: the manager learns from it that the kernel is up.
+        #: The reply is on shell, so it cannot be lost as a probe's iopub idle
+        #: can, when it is published before our subscription reaches the kernel.
+        self.ready_hook: Callable[[Message], None] | None = None
         self.context = context or zmq.asyncio.Context.instance()
         self._death_watch = DeathWatch(self.liveness)
         self._link = ChannelLink(

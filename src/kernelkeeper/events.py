@@ -155,10 +155,8 @@ class KernelEvents:
         session = msg["header"].get("session") or ""
         current = self._current_session()
         if msg["parent_header"].get("msg_type") == "kernel_info_request":
-            if state == "idle" and (self._state is S.STARTING or not current):
-                self._learn_session(session)
-                if self._state is S.STARTING:
-                    self._set_state(S.IDLE, "idle")
+            if state == "idle":
+                self._probe_answered(session, current)
             return
         if session and session in self._old_sessions:
             return
@@ -167,6 +165,26 @@ class KernelEvents:
             self._set_state(S.BUSY, "busy")
         elif state == "idle":
             self._set_state(S.IDLE, "idle")
+
+    def _on_ready_reply(self, reply: Message) -> None:
+        """The kernel_info reply that ended a client's ``wait_for_ready``.
+
+        Says what the probe's idle says, but cannot be lost: that idle is
+        dropped when the kernel publishes it before the client's new
+        subscription reaches it (right after a restart, say)."""
+        if self._state in (S.STARTING, S.IDLE, S.BUSY):
+            session = reply["header"].get("session") or ""
+            current = self._current_session()  # retires a replaced process's session
+            if not (session and session in self._old_sessions):
+                self._probe_answered(session, current)
+
+    def _probe_answered(self, session: str, current: str) -> None:
+        # A probe's answer tells a kernel still starting that it is up, and
+        # names the running process's session when that is not known yet.
+        if self._state is S.STARTING or not current:
+            self._learn_session(session)
+            if self._state is S.STARTING:
+                self._set_state(S.IDLE, "idle")
 
     def _current_session(self) -> str:
         """The session id of the running process ('' while it is not known)."""

@@ -288,7 +288,7 @@ class AsyncKernelManager(JupyterSurface):
         kc = self.client()
         # This probe's own busy/idle must not move the state: the client closes
         # before the kernel's final idle arrives.
-        kc.status_hook = None
+        kc.status_hook = kc.ready_hook = None
         kc.start_channels(stdin=False, hb=False)
         try:
             reply = await kc.wait_for_ready(timeout)
@@ -326,6 +326,7 @@ class AsyncKernelManager(JupyterSurface):
             **kwargs,
         )
         kc.status_hook = self._on_status
+        kc.ready_hook = self._on_ready_reply
         return kc
 
     # -- signals --------------------------------------------------------------

@@ -8,7 +8,7 @@ messages of another probe show. Runs on the client's loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from .channels import Channel
@@ -33,6 +33,8 @@ class ReadinessHost(Protocol):
     iopub_confirmed: asyncio.Event
     #: A proof of readiness made before the client was handed out (see below).
     ready_proof: int | None
+    #: Told the reply that ends a successful handshake (the manager's state).
+    ready_hook: Callable[[Message], None] | None
 
     @property
     def channels_running(self) -> bool: ...
@@ -108,6 +110,8 @@ async def wait_for_ready(kc: ReadinessHost, timeout: float | None = None) -> Mes
             if await race(seen.wait(), 0.25 if left is None else min(left, 0.25)):
                 break
             ask()
+        if kc.ready_hook is not None:
+            kc.ready_hook(kc.kernel_info_reply)
         return kc.kernel_info_reply
     finally:
         if died is not None:
