@@ -60,6 +60,17 @@ def main_thread_sleeping(pid: int) -> bool:
     return "nanosleep" in wchan or syscall in _SLEEP_SYSCALLS
 
 
+def sleep_cell(seconds: int = 60, say: str | None = "sleeping") -> str:
+    """A cell that prints ``say`` (unless None), then sleeps ``seconds`` in 0.1 s steps.
+
+    The steps close the window :func:`main_thread_sleeping` describes without
+    polling: a SIGINT handled just before one step's ``time.sleep`` acts when
+    that step ends, 0.1 s later, not after the whole sleep.
+    """
+    head = "import time\n" + ("" if say is None else f"print({say!r}, flush=True)\n")
+    return head + f"for _ in range({seconds * 10}): time.sleep(0.1)"
+
+
 def wait_until_sleeping(pid: int, timeout: float = 30.0) -> None:
     """Block until :func:`main_thread_sleeping` (``TimeoutError`` after ``timeout``)."""
     wait_for(lambda: main_thread_sleeping(pid), timeout, interval=0.005)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from helpers import sleep_cell
 from kernelkeeper import AsyncKernelClient
 from kernelkeeper import finder as _finder
 from kernelkeeper.provider_slurm import SlurmProvider
@@ -25,7 +26,7 @@ def wire_remote_providers(monkeypatch: pytest.MonkeyPatch) -> _finder.KernelFind
 
 async def interrupt_a_sleep(kc: AsyncKernelClient, interrupt: Any) -> None:
     """Run a long ``time.sleep``; once it runs, ``interrupt()`` must end it."""
-    msg_id = kc.execute("import time\nprint('go', flush=True)\ntime.sleep(60)")
+    msg_id = kc.execute(sleep_cell(60, "go"))
     while True:  # the cell's output says it runs: now interrupt it
         m = await kc.get_iopub_msg(timeout=30)
         if m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == "stream":

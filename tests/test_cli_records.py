@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from cli_helpers import cli, cli_popen, kill_recorded, reap, records
-from helpers import wait_for, wait_gone
+from helpers import sleep_cell, wait_for, wait_gone
 
 
 @pytest.fixture
@@ -79,9 +79,7 @@ def test_start_ls_attach_stop(runtime: Path, tmp_path: Path) -> None:
 def test_interrupt_and_restart(runtime: Path) -> None:
     kernel_id, cf = start(runtime, "--name", "busy")
     before = json.loads(Path(cf).read_text())
-    run = cli_popen(
-        runtime, "attach", "busy", "-c", "import time\nprint('go', flush=True)\ntime.sleep(600)"
-    )
+    run = cli_popen(runtime, "attach", "busy", "-c", sleep_cell(600, "go"))
     try:
         assert run.stdout is not None
         assert run.stdout.readline() == "go\n"

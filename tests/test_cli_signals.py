@@ -19,7 +19,8 @@ CODE = """\
 import os, time
 try:
     print(os.getpid(), flush=True)
-    time.sleep(600)
+    for _ in range(6000):
+        time.sleep(0.1)
 except KeyboardInterrupt:
     print('interrupted', flush=True)
 time.sleep(600)
@@ -55,7 +56,8 @@ def test_ctrl_c_in_a_notebook_interrupts_the_cell_and_writes_it(
         nbformat.v4.new_code_cell("x = 1"),
         # The file exists once this cell runs (its outputs go to the notebook, not to us).
         nbformat.v4.new_code_cell(
-            f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(600)"
+            f"import time\nopen({str(started)!r}, 'w').close()\n"
+            "for _ in range(6000): time.sleep(0.1)"
         ),
         nbformat.v4.new_code_cell("print('never')"),
     ]

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 import kernelkeeper
+from helpers import sleep_cell
 from kernelkeeper import (
     AsyncKernelClient,
     AsyncKernelManager,
@@ -201,7 +202,10 @@ def check_outputs(outputs: list[dict[str, Any]]) -> None:
 
 # stop_on_error=False with it: after an error (the KeyboardInterrupt) ipykernel
 # would otherwise abort the requests that follow right behind it.
-SLEEP_CODE = "import time\nprint('sleeping', flush=True)\ntime.sleep(60)"
+# In 0.1 s steps: a SIGINT that lands just as one long time.sleep() is entered
+# acts only when it ends, which made a delivered interrupt look lost about one
+# run in fifty (see helpers.main_thread_sleeping).
+SLEEP_CODE = sleep_cell(60)
 
 NAME_CODE = 'name = input("name? ")\nprint("hello", name)'
 

@@ -24,7 +24,7 @@ from typing import Any
 import psutil
 import pytest
 
-from helpers import KERNELS_DIR, assert_gone, until_sleeping, wait_for, wait_gone
+from helpers import KERNELS_DIR, assert_gone, sleep_cell, until_sleeping, wait_for, wait_gone
 from kernelkeeper import AsyncKernelClient, AsyncKernelManager, KernelDiedError, forkserver
 from kernelkeeper.launch import prepare_fork_server
 
@@ -151,7 +151,7 @@ async def test_interrupt_restart_and_shutdown(
         assert km.process is not None
         first = km.process.pid
         ports = km.connection_info.ports if km.connection_info else None
-        code = "import time; print('sleeping', flush=True); time.sleep(120)"
+        code = sleep_cell(120)
         running = kc.execute(code, reply=True, timeout=REPLY)
         await wait_for_output(kc, "sleeping")
         await until_sleeping(first)  # see helpers.main_thread_sleeping

@@ -27,6 +27,7 @@ from gateway_harness import (
     start_jupyter_server,
     wait_procs_gone,
 )
+from helpers import sleep_cell
 
 pytest.importorskip("jupyter_server")
 
@@ -129,7 +130,7 @@ async def test_kernel_lifecycle_through_jupyter_server(
             assert pid in pids, f"kernel pid {pid} is not the gateway's: {pids}"
 
             # Interrupt a long sleep once it runs: a KeyboardInterrupt reply, quickly.
-            msg_id = await ws.send_execute("import time; time.sleep(60)")
+            msg_id = await ws.send_execute(sleep_cell(60, None))
             await ws.wait_for_type(msg_id, "execute_input", REPLY_TIMEOUT)
             t0 = time.monotonic()
             async with http.post(f"{api}/{kernel_id}/interrupt", headers=server.headers()) as r:

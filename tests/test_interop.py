@@ -18,6 +18,7 @@ from typing import Any
 import jupyter_client
 import pytest
 
+from helpers import sleep_cell
 from kernelkeeper import AsyncKernelClient, BlockingKernelClient, ConnectionInfo, KernelManager
 
 pytestmark = pytest.mark.timeout(60)
@@ -138,9 +139,7 @@ async def test_our_async_client_drives_jupyter_client_kernel(
         err = await kc.run_cell("1/0", timeout=TIMEOUT)
         assert err.error is not None and err.error["ename"] == "ZeroDivisionError"
         # Interrupt through an interrupt_request (there is no manager to signal).
-        msg_id = await kc.execute(
-            "import time\nprint('go', flush=True)\ntime.sleep(60)", stop_on_error=False
-        )
+        msg_id = await kc.execute(sleep_cell(60, "go"), stop_on_error=False)
         loop = time.monotonic() + TIMEOUT
         while True:
             m = await kc.get_iopub_msg(timeout=max(0.0, loop - time.monotonic()))

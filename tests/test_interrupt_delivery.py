@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import kernelkeeper as kk
-from helpers import wait_until_sleeping
+from helpers import sleep_cell, wait_until_sleeping
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
@@ -57,9 +57,7 @@ def test_interrupting_a_long_sleep_is_prompt() -> None:
             # stop_on_error=False: after an error ipykernel aborts the requests
             # that reach it before it clears its abort flag, which it does only
             # after sending the reply; the next request here is sent at once.
-            msg_id = kc.execute(
-                "import time\nprint('go', flush=True)\ntime.sleep(60)", stop_on_error=False
-            )
+            msg_id = kc.execute(sleep_cell(60, "go"), stop_on_error=False)
             deadline = time.monotonic() + 30
             while True:
                 m = kc.get_iopub_msg(max(0.0, deadline - time.monotonic()))

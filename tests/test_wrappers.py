@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 import pytest
 
-from helpers import kernel_script, wait_gone
+from helpers import kernel_script, sleep_cell, wait_gone
 from kernelkeeper import AsyncKernelManager
 from kernelkeeper.launch import _binds_port_zero
 
@@ -134,9 +134,7 @@ async def test_wrapped_ipykernel(
 
         # Interrupt: SIGINT to the group reaches the kernel, and it survives it
         # (run_as_child and sudo also forward theirs: the kernel gets two).
-        msg_id = await kc.execute(
-            "import time; print('sleeping', flush=True); time.sleep(60)", stop_on_error=False
-        )
+        msg_id = await kc.execute(sleep_cell(60), stop_on_error=False)
         await wait_output(kc, msg_id, "sleeping")
         t0 = time.monotonic()
         await km.interrupt_kernel()
