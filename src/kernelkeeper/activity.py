@@ -40,6 +40,7 @@ __all__ = [
     "KernelRecord",
     "Tombstone",
     "connect_socket",
+    "drain_socket",
     "iso_utc",
     "resolve",
 ]
@@ -211,15 +212,24 @@ class KernelActivity:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            deadline = time.monotonic() + 20 * drain  # a kernel still flooding: stop
-            with contextlib.suppress(zmq.ZMQError):
-                while await sock.poll(int(drain * 1000)) and time.monotonic() < deadline:
-                    self._handle(session, await sock.recv_multipart())
+            await drain_socket(sock, lambda frames: self._handle(session, frames), drain)
         self._close_socket()
         tasks, self._cancelled = self._cancelled, []
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def drain_socket(
+    sock: zmq.asyncio.Socket, handle: Callable[[list[bytes]], None], drain: float = 0.05
+) -> None:
+    """Hand ``handle`` what ``sock`` has queued and whatever comes within ``drain``
+    seconds of the last message, for at most ``20 * drain`` seconds in all: a
+    kernel still flooding its iopub must not hold a close up."""
+    deadline = time.monotonic() + 20 * drain
+    with contextlib.suppress(zmq.ZMQError):
+        while await sock.poll(int(drain * 1000)) and time.monotonic() < deadline:
+            handle(await sock.recv_multipart())
 
 
 def resolve(fut: asyncio.Future[None], error: BaseException | None = None) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from .activity import KernelActivity
+from .activity import KernelActivity, drain_socket
 from .connection import ConnectionInfo
 from .curve import configure_client
 from .gateway_readiness import ProbedReadiness
@@ -137,16 +137,16 @@ class KernelBridge(ProbedReadiness):
         if activity is not None and (iopub is None or activity.subscribed):
             if iopub is not None:
                 iopub.close()
-                self._probe_seen = self._probe_replied = True
-                self._live.set()
             self._untap = activity.tap(self._on_tapped)
         elif iopub is None:
             self._iopub = self._socket(zmq.SUB, "iopub", rcvhwm=0)
             self._iopub.setsockopt(zmq.SUBSCRIBE, b"")
         else:
-            # A client proven ready on these very sockets: its subscription is live.
             self._iopub = iopub
             self._iopub.setsockopt(zmq.RCVHWM, 0)
+        if iopub is not None:
+            # Adopted from a client proven ready: its subscription (or the
+            # manager's, already subscribed, that replaced it) is live at once.
             self._probe_seen = self._probe_replied = True
             self._live.set()
         if self._iopub is not None:
@@ -267,9 +267,9 @@ class KernelBridge(ProbedReadiness):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        while await iopub.poll(int(timeout * 1000)):
-            frames = await iopub.recv_multipart()
-            self._dispatch(frames, "iopub", self._fan_out)
+        await drain_socket(
+            iopub, lambda frames: self._dispatch(frames, "iopub", self._fan_out), timeout
+        )
 
     async def aclose(self) -> None:
         """Close every socket and await every task of the bridge."""
