@@ -47,14 +47,16 @@ def conn_files() -> list[str]:
     ``runtime/kernel-*.json``: JUPYTER_RUNTIME_DIR, used by kernelkeeper and by
     jupyter_client's AsyncKernelManager; ``tmp/*.json``: TMPDIR, where
     jupyter_client's ``start_new_kernel`` writes its connection files (a
-    KernelManager without a connection_file uses ``tempfile.mkstemp``).
+    KernelManager without a connection_file uses ``tempfile.mkstemp``); and
+    ``kernel-*.json`` in the working directory, where a jupyter_client
+    MultiKernelManager left at ``connection_dir=""`` writes them.
     """
     base = os.environ.get(BASE_ENV, "")
     if not base:
         return []
     found = []
-    for sub, prefix in (("runtime", "kernel-"), ("tmp", "")):
-        d = os.path.join(base, sub)
+    places = [(os.path.join(base, "runtime"), "kernel-"), (os.path.join(base, "tmp"), "")]
+    for d, prefix in [*places, (os.getcwd(), "kernel-")]:
         if os.path.isdir(d):
             found += [
                 os.path.join(d, f)

@@ -116,10 +116,13 @@ def kk_mkm() -> Any:
 
 
 def jc_mkm() -> Any:
-    """jupyter_client's AsyncMultiKernelManager with its defaults (its kernels autorestart)."""
+    """jupyter_client's AsyncMultiKernelManager as a notebook server runs it: its
+    defaults (its kernels autorestart), with connection files in the runtime
+    directory, as jupyter_server sets it (the default, "", is the cwd)."""
     from jupyter_client.multikernelmanager import AsyncMultiKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
 
-    return AsyncMultiKernelManager()
+    return AsyncMultiKernelManager(connection_dir=jupyter_runtime_dir())
 
 
 async def kk_mkm_start(mkm: Any) -> str:
