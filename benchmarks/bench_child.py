@@ -55,8 +55,11 @@ def conn_files() -> list[str]:
     if not base:
         return []
     found = []
-    places = [(os.path.join(base, "runtime"), "kernel-"), (os.path.join(base, "tmp"), "")]
-    for d, prefix in [*places, (os.getcwd(), "kernel-")]:
+    for d, prefix in (
+        (os.path.join(base, "runtime"), "kernel-"),
+        (os.path.join(base, "tmp"), ""),
+        (os.getcwd(), "kernel-"),
+    ):
         if os.path.isdir(d):
             found += [
                 os.path.join(d, f)

@@ -11,7 +11,7 @@ import nbformat
 import psutil
 
 from cli_helpers import cli, cli_popen
-from helpers import wait_for, wait_gone
+from helpers import sleep_cell, wait_for, wait_gone
 
 # The pid is printed inside the try: an interrupt that comes right after it is
 # read must land in the try, whatever line the kernel is on.
@@ -55,10 +55,7 @@ def test_ctrl_c_in_a_notebook_interrupts_the_cell_and_writes_it(
     nb.cells = [
         nbformat.v4.new_code_cell("x = 1"),
         # The file exists once this cell runs (its outputs go to the notebook, not to us).
-        nbformat.v4.new_code_cell(
-            f"import time\nopen({str(started)!r}, 'w').close()\n"
-            "for _ in range(6000): time.sleep(0.1)"
-        ),
+        nbformat.v4.new_code_cell(f"open({str(started)!r}, 'w').close()\n" + sleep_cell(600, None)),
         nbformat.v4.new_code_cell("print('never')"),
     ]
     path = tmp_path / "nb.ipynb"
